@@ -1,0 +1,88 @@
+#include "common/thread_pool.h"
+
+#include <sched.h>
+
+#include <algorithm>
+
+namespace cmoe {
+namespace {
+constexpr int kSpinIterations = 20000;
+}  // namespace
+
+ThreadPool::ThreadPool(int num_threads) {
+  const int workers = std::max(num_threads, 1) - 1;
+  workers_.reserve(workers);
+  for (int i = 0; i < workers; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_.store(true);
+    generation_.fetch_add(1);
+  }
+  wake_.notify_all();
+  for (std::thread& worker : workers_) worker.join();
+}
+
+int ThreadPool::HardwareThreads() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(CPU_COUNT(&set), 1);
+  return std::max(static_cast<int>(std::thread::hardware_concurrency()), 1);
+}
+
+void ThreadPool::RunChunk(int chunk_index) {
+  const int64_t begin = chunk_index * chunk_size_;
+  const int64_t end = std::min(n_, begin + chunk_size_);
+  if (begin < end) (*body_)(begin, end);
+}
+
+void ThreadPool::ParallelFor(int64_t n, int64_t grain,
+                             const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t max_chunks = (n + grain - 1) / grain;
+  if (workers_.empty() || max_chunks == 1 || in_parallel_.exchange(true)) {
+    body(0, n);
+    return;
+  }
+  const int chunks = static_cast<int>(std::min<int64_t>(max_chunks, num_threads()));
+  const int64_t per_chunk = (max_chunks + chunks - 1) / chunks;
+  body_ = &body;
+  n_ = n;
+  chunk_size_ = per_chunk * grain;
+  pending_.store(static_cast<int>(workers_.size()));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  wake_.notify_all();
+  RunChunk(0);
+  while (pending_.load(std::memory_order_acquire) > 0) {
+  }
+  in_parallel_.store(false);
+}
+
+void ThreadPool::WorkerLoop(int worker_index) {
+  uint64_t seen = 0;
+  while (true) {
+    uint64_t current = generation_.load(std::memory_order_acquire);
+    for (int spin = 0; current == seen && spin < kSpinIterations; ++spin) {
+      current = generation_.load(std::memory_order_acquire);
+    }
+    if (current == seen) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      current = generation_.load();
+    }
+    seen = current;
+    if (stop_.load()) return;
+    // Chunk 0 belongs to the caller; worker i runs chunk i + 1 when it exists. Every worker
+    // reports back, so the caller never rewrites the job while a worker may still read it.
+    const int64_t chunk = worker_index + 1;
+    if (chunk * chunk_size_ < n_) RunChunk(static_cast<int>(chunk));
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+}  // namespace cmoe

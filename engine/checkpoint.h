@@ -1,0 +1,51 @@
+// Loads a Hugging Face Llama directory: config.json plus model.safetensors, or sharded
+// *.safetensors with model.safetensors.index.json. Files are memory-mapped and the weights are used
+// in place (never copied); the Checkpoint owns the mappings.
+//
+//   CMOE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open("/models/m"));
+//   const ModelWeights& w = ckpt->weights();
+#ifndef CMOE_ENGINE_CHECKPOINT_H_
+#define CMOE_ENGINE_CHECKPOINT_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/model_config.h"
+#include "engine/model_weights.h"
+
+namespace cmoe::engine {
+
+class TensorStore;  // engine/safetensors.h
+
+class Checkpoint {
+ public:
+  // Validates everything before returning: every error names the file and the tensor or key
+  // (missing files, bad safetensors headers, offsets outside the file, overlapping tensors, unknown
+  // dtypes, shapes that disagree with config.json, missing or unexpected tensors). Logs progress
+  // for large checkpoints.
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& model_dir);
+
+  ~Checkpoint();
+  Checkpoint(const Checkpoint&) = delete;
+  Checkpoint& operator=(const Checkpoint&) = delete;
+
+  const std::string& dir() const { return dir_; }
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  const TensorStore& tensors() const { return *tensors_; }
+  // Bytes of all weight tensors as stored (the lm_head counted once when tied).
+  int64_t weight_bytes() const;
+
+ private:
+  Checkpoint() = default;
+
+  std::string dir_;
+  ModelConfig config_;
+  std::unique_ptr<TensorStore> tensors_;
+  ModelWeights weights_;
+};
+
+}  // namespace cmoe::engine
+
+#endif  // CMOE_ENGINE_CHECKPOINT_H_

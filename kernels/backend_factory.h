@@ -1,0 +1,27 @@
+// Creates the backend a tool or the server asked for with --device.
+//
+//   CMOE_ASSIGN_OR_RETURN(auto backend, CreateBackend({.device = "cpu", .threads = 2}));
+#ifndef CMOE_KERNELS_BACKEND_FACTORY_H_
+#define CMOE_KERNELS_BACKEND_FACTORY_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+
+namespace cmoe::kernels {
+
+struct BackendOptions {
+  // "cpu" (threads + SIMD), "reference" (plain loops, for checking), or "cuda[:N]".
+  std::string device = "cpu";
+  int threads = 0;  // CPU worker threads including the caller; <= 0 means all cores
+};
+
+// InvalidArgument for an unknown device; Unavailable for "cuda" in a build or on a machine
+// without CUDA.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+}  // namespace cmoe::kernels
+
+#endif  // CMOE_KERNELS_BACKEND_FACTORY_H_
