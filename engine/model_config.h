@@ -15,12 +15,12 @@ namespace cmoe::engine {
 
 struct ModelConfig {
   std::string architecture = "LlamaForCausalLM";
-  int64_t hidden_size = 0;              // d
-  int64_t intermediate_size = 0;        // FFN width
+  int64_t hidden_size = 0;        // d
+  int64_t intermediate_size = 0;  // FFN width
   int64_t num_hidden_layers = 0;
   int64_t num_attention_heads = 0;
-  int64_t num_key_value_heads = 0;      // GQA; equals num_attention_heads when absent
-  int64_t head_dim = 0;                 // hidden_size / num_attention_heads unless given
+  int64_t num_key_value_heads = 0;  // GQA; equals num_attention_heads when absent
+  int64_t head_dim = 0;             // hidden_size / num_attention_heads unless given
   int64_t vocab_size = 0;
   int64_t max_position_embeddings = 0;  // the context length
   double rms_norm_eps = 1e-6;

@@ -26,7 +26,7 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  WeightView embed;       // (vocab, d)  model.embed_tokens.weight
+  WeightView embed;  // (vocab, d)  model.embed_tokens.weight
   std::vector<LayerWeights> layers;
   WeightView final_norm;  // (1, d)      model.norm.weight
   WeightView lm_head;     // (vocab, d)  lm_head.weight, or the embedding when tied

@@ -1,0 +1,100 @@
+#include "engine/generation.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "common/timer.h"
+
+namespace cmoe::engine {
+namespace {
+
+absl::Status ValidateRequest(const Model& model, std::span<const int32_t> prompt,
+                             const GenerateOptions& options) {
+  if (prompt.empty()) return absl::InvalidArgumentError("prompt is empty");
+  const int64_t context = model.config().max_position_embeddings;
+  if (static_cast<int64_t>(prompt.size()) >= context) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt of ", prompt.size(), " tokens leaves no room in the context of ", context));
+  }
+  if (options.max_new_tokens < 0) {
+    return absl::InvalidArgumentError("max_new_tokens must be >= 0");
+  }
+  if (options.prefill_chunk <= 0) return absl::InvalidArgumentError("prefill_chunk must be > 0");
+  return ValidateSamplingParams(options.sampling);
+}
+
+bool IsStop(const Model& model, const GenerateOptions& options, int32_t token) {
+  const auto& stops = options.stop_token_ids;
+  if (std::find(stops.begin(), stops.end(), token) != stops.end()) return true;
+  const auto& eos = model.config().eos_token_ids;
+  return !options.ignore_eos && std::find(eos.begin(), eos.end(), token) != eos.end();
+}
+
+// Runs the prompt through the model in chunks; leaves the last chunk's logits in `out`.
+absl::Status Prefill(Model& model, KvCache& cache, SequenceBlocks& seq,
+                     std::span<const int32_t> prompt, int64_t chunk_size, ForwardOutput& out) {
+  const auto total = static_cast<int64_t>(prompt.size());
+  for (int64_t begin = 0; begin < total; begin += chunk_size) {
+    const int64_t n = std::min(chunk_size, total - begin);
+    CMOE_RETURN_IF_ERROR(cache.Reserve(seq, begin + n));
+    const SequenceChunk chunk{
+        .tokens = prompt.subspan(begin, n), .start_pos = begin, .blocks = &seq};
+    CMOE_RETURN_IF_ERROR(model.Forward({&chunk, 1}, cache, out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Decode(Model& model, KvCache& cache, SequenceBlocks& seq,
+                    std::span<const int32_t> prompt, const GenerateOptions& options,
+                    ForwardOutput& out, GenerateResult& result) {
+  Sampler sampler(options.sampling);
+  const int64_t context = model.config().max_position_embeddings;
+  int64_t pos = static_cast<int64_t>(prompt.size());
+  result.finish_reason = "length";
+  Timer timer;
+  while (static_cast<int64_t>(result.tokens.size()) < options.max_new_tokens) {
+    if (!result.tokens.empty()) {
+      if (pos > context) {
+        result.finish_reason = "context";
+        break;
+      }
+      CMOE_RETURN_IF_ERROR(cache.Reserve(seq, pos + 1));
+      const SequenceChunk chunk{
+          .tokens = {&result.tokens.back(), 1}, .start_pos = pos - 1, .blocks = &seq};
+      CMOE_RETURN_IF_ERROR(model.Forward({&chunk, 1}, cache, out));
+    } else {
+      timer.Reset();
+    }
+    const int32_t token = sampler.Sample(out.Logits(0), prompt, result.tokens);
+    result.tokens.push_back(token);
+    ++pos;
+    if (options.on_token) options.on_token(token);
+    if (IsStop(model, options, token)) {
+      result.finish_reason = "stop";
+      break;
+    }
+  }
+  result.decode_seconds = timer.Seconds();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<GenerateResult> GenerateTokens(Model& model, KvCache& cache,
+                                              std::span<const int32_t> prompt,
+                                              const GenerateOptions& options) {
+  CMOE_RETURN_IF_ERROR(ValidateRequest(model, prompt, options));
+  SequenceBlocks seq;
+  ForwardOutput out;
+  GenerateResult result;
+  Timer timer;
+  absl::Status status = Prefill(model, cache, seq, prompt, options.prefill_chunk, out);
+  result.prefill_seconds = timer.Seconds();
+  if (status.ok()) status = Decode(model, cache, seq, prompt, options, out, result);
+  cache.Release(seq);
+  if (!status.ok()) return status;
+  return result;
+}
+
+}  // namespace cmoe::engine

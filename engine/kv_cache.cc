@@ -1,0 +1,78 @@
+#include "engine/kv_cache.h"
+
+#include <new>
+
+#include "absl/strings/str_cat.h"
+
+namespace cmoe::engine {
+
+int64_t KvCache::BytesPerBlock(const ModelConfig& config, int32_t block_size) {
+  return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim *
+         static_cast<int64_t>(sizeof(float));
+}
+
+absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config,
+                                                         const KvCacheOptions& options) {
+  if (options.block_size <= 0 || options.num_blocks <= 0 || options.num_blocks > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache: block_size ", options.block_size,
+                                                   " and num_blocks ", options.num_blocks,
+                                                   " must be positive"));
+  }
+  std::unique_ptr<KvCache> cache(new KvCache());
+  cache->block_size_ = options.block_size;
+  cache->num_blocks_ = options.num_blocks;
+  cache->num_layers_ = config.num_hidden_layers;
+  cache->n_kv_heads_ = static_cast<int32_t>(config.num_key_value_heads);
+  cache->head_dim_ = static_cast<int32_t>(config.head_dim);
+  cache->layer_stride_ =
+      options.num_blocks * options.block_size * config.num_key_value_heads * config.head_dim;
+  const int64_t floats = cache->layer_stride_ * config.num_hidden_layers;
+  try {
+    cache->k_.assign(static_cast<size_t>(floats), 0.0f);
+    cache->v_.assign(static_cast<size_t>(floats), 0.0f);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache: cannot allocate ", 2 * floats * 4, " bytes"));
+  }
+  cache->free_.reserve(static_cast<size_t>(options.num_blocks));
+  for (int64_t b = options.num_blocks - 1; b >= 0; --b) {
+    cache->free_.push_back(static_cast<int32_t>(b));
+  }
+  return cache;
+}
+
+kernels::PagedKvLayer KvCache::Layer(int64_t layer) {
+  return kernels::PagedKvLayer{.k = k_.data() + layer * layer_stride_,
+                               .v = v_.data() + layer * layer_stride_,
+                               .num_blocks = num_blocks_,
+                               .block_size = block_size_,
+                               .n_kv_heads = n_kv_heads_,
+                               .head_dim = head_dim_};
+}
+
+absl::Status KvCache::Reserve(SequenceBlocks& seq, int64_t new_length) {
+  const int64_t needed = BlocksFor(new_length) - static_cast<int64_t>(seq.table.size());
+  if (needed > num_free_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache: ", needed, " blocks needed, ",
+                                                     num_free_blocks(), " free of ", num_blocks_));
+  }
+  for (int64_t i = 0; i < needed; ++i) {
+    seq.table.push_back(free_.back());
+    free_.pop_back();
+  }
+  if (new_length > seq.length) seq.length = new_length;
+  return absl::OkStatus();
+}
+
+void KvCache::Release(SequenceBlocks& seq) {
+  for (auto it = seq.table.rbegin(); it != seq.table.rend(); ++it) free_.push_back(*it);
+  seq.table.clear();
+  seq.length = 0;
+}
+
+int32_t KvCache::Slot(const SequenceBlocks& seq, int64_t pos) const {
+  return seq.table[static_cast<size_t>(pos / block_size_)] * block_size_ +
+         static_cast<int32_t>(pos % block_size_);
+}
+
+}  // namespace cmoe::engine

@@ -1,0 +1,81 @@
+// The paged KV cache: a preallocated pool of fixed-size blocks per layer, and the free list that
+// hands blocks to sequences. A sequence owns a block table (indices into the pool); position p of
+// the sequence lives in block table[p / block_size] at offset p % block_size.
+//
+//   CMOE_ASSIGN_OR_RETURN(auto cache, KvCache::Create(config, {.block_size = 16,
+//                                                              .num_blocks = 1024}));
+//   SequenceBlocks seq;
+//   CMOE_RETURN_IF_ERROR(cache->Reserve(seq, prompt_len));   // ResourceExhausted when full
+//   ... forward ...
+//   cache->Release(seq);
+//
+// Not thread-safe: the engine's step thread owns it.
+#ifndef CMOE_ENGINE_KV_CACHE_H_
+#define CMOE_ENGINE_KV_CACHE_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model_config.h"
+#include "kernels/backend.h"
+
+namespace cmoe::engine {
+
+struct KvCacheOptions {
+  int32_t block_size = 16;  // positions per block
+  int64_t num_blocks = 0;   // blocks in the pool (shared by all sequences)
+};
+
+// The blocks one sequence holds and how many positions of them are in use.
+struct SequenceBlocks {
+  std::vector<int32_t> table;
+  int64_t length = 0;  // positions reserved (written or about to be written this step)
+};
+
+class KvCache {
+ public:
+  // Allocates num_blocks * BytesPerBlock(config, block_size) bytes. InvalidArgument for
+  // non-positive sizes; ResourceExhausted when the allocation fails.
+  static absl::StatusOr<std::unique_ptr<KvCache>> Create(const ModelConfig& config,
+                                                         const KvCacheOptions& options);
+
+  // Bytes one block takes over all layers (keys and values, f32).
+  static int64_t BytesPerBlock(const ModelConfig& config, int32_t block_size);
+
+  // The pool slice of layer `layer` for the backend.
+  kernels::PagedKvLayer Layer(int64_t layer);
+
+  // Grows `seq` to hold `new_length` positions, taking blocks from the free list. All or nothing:
+  // ResourceExhausted (and `seq` unchanged) when too few blocks are free.
+  absl::Status Reserve(SequenceBlocks& seq, int64_t new_length);
+  // Returns all blocks of `seq` to the free list and empties it.
+  void Release(SequenceBlocks& seq);
+
+  // Slot (block * block_size + offset) of position `pos` of `seq`; pos < seq.length.
+  int32_t Slot(const SequenceBlocks& seq, int64_t pos) const;
+
+  int32_t block_size() const { return block_size_; }
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t num_free_blocks() const { return static_cast<int64_t>(free_.size()); }
+  // Blocks needed to hold `length` positions.
+  int64_t BlocksFor(int64_t length) const { return (length + block_size_ - 1) / block_size_; }
+
+ private:
+  KvCache() = default;
+
+  int32_t block_size_ = 0;
+  int64_t num_blocks_ = 0;
+  int64_t num_layers_ = 0;
+  int32_t n_kv_heads_ = 0;
+  int32_t head_dim_ = 0;
+  int64_t layer_stride_ = 0;   // floats per layer for k (and for v)
+  std::vector<float> k_;       // (layers, num_blocks * block_size, n_kv_heads, head_dim)
+  std::vector<float> v_;       // same
+  std::vector<int32_t> free_;  // free block indices, used as a stack
+};
+
+}  // namespace cmoe::engine
+
+#endif  // CMOE_ENGINE_KV_CACHE_H_

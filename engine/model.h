@@ -1,0 +1,100 @@
+// A dense Llama-family model bound to a backend: one batched forward step over sequences of
+// different lengths, mixing prefill chunks and single decode tokens (exactly what continuous
+// batching schedules).
+//
+//   CMOE_ASSIGN_OR_RETURN(auto model, Model::Create(std::move(checkpoint), std::move(backend)));
+//   SequenceChunk chunk{.tokens = ids, .start_pos = 0, .blocks = &seq_blocks};
+//   ForwardOutput out;
+//   CMOE_RETURN_IF_ERROR(model->Forward({&chunk, 1}, *kv_cache, out));
+//   std::span<const float> logits = out.Logits(0);   // (vocab) of the chunk's last token
+//
+// Not thread-safe: one thread (the engine's step thread) calls Forward at a time. The model owns
+// its checkpoint (weights stay memory-mapped) and its backend.
+#ifndef CMOE_ENGINE_MODEL_H_
+#define CMOE_ENGINE_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/checkpoint.h"
+#include "engine/kv_cache.h"
+#include "kernels/backend.h"
+
+namespace cmoe::engine {
+
+// The new tokens of one sequence in a step.
+struct SequenceChunk {
+  std::span<const int32_t> tokens;  // the tokens to run; at least one
+  int64_t start_pos = 0;            // positions already in the cache (= position of tokens[0])
+  // The sequence's cache blocks; must already hold start_pos + tokens.size() positions
+  // (KvCache::Reserve). Read only.
+  const SequenceBlocks* blocks = nullptr;
+  bool all_logits = false;  // logits for every token (perplexity), not only the last
+};
+
+// Logits of a step: for each chunk, one row per token when all_logits, else one row.
+struct ForwardOutput {
+  std::vector<float> logits;       // (rows, vocab)
+  std::vector<int64_t> first_row;  // per chunk: its first row in `logits`
+  std::vector<int64_t> num_rows;   // per chunk: 1 or tokens.size()
+  int64_t vocab = 0;
+
+  // Row `row` of chunk `chunk` (the last token's logits when row is -1).
+  std::span<const float> Logits(size_t chunk, int64_t row = -1) const;
+};
+
+class Model {
+ public:
+  static absl::StatusOr<std::unique_ptr<Model>> Create(std::unique_ptr<Checkpoint> checkpoint,
+                                                       std::unique_ptr<kernels::Backend> backend);
+
+  // Runs one step. Validates chunks (token ids in the vocabulary, positions within the context,
+  // blocks covering the positions) before touching the cache; on error nothing is written.
+  absl::Status Forward(std::span<const SequenceChunk> chunks, KvCache& cache, ForwardOutput& out);
+
+  const ModelConfig& config() const { return checkpoint_->config(); }
+  const Checkpoint& checkpoint() const { return *checkpoint_; }
+  kernels::Backend& backend() { return *backend_; }
+
+  // Weight bytes one decode step reads: every layer and the LM head (the embedding is gathered
+  // by row, so it is not counted).
+  int64_t DecodeWeightBytes() const;
+  // Multiply-adds x2 of the weight matmuls for one token (attention over the context excluded).
+  int64_t MatmulFlopsPerToken() const;
+
+ private:
+  Model(std::unique_ptr<Checkpoint> checkpoint, std::unique_ptr<kernels::Backend> backend);
+
+  absl::Status Validate(std::span<const SequenceChunk> chunks, const KvCache& cache) const;
+  void PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache);
+  absl::Status AttentionBlock(int64_t layer, KvCache& cache);
+  absl::Status FfnBlock(int64_t layer);
+  absl::Status LmHead(std::span<const SequenceChunk> chunks, ForwardOutput& out);
+  void Resize(int64_t rows);
+
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<kernels::Backend> backend_;
+
+  // Per-step plan and workspace, reused across steps (T = rows of the step).
+  int64_t rows_ = 0;
+  std::vector<int32_t> tokens_;     // (T)
+  std::vector<int32_t> positions_;  // (T)
+  std::vector<int32_t> slots_;      // (T)
+  std::vector<kernels::AttentionSequence> sequences_;
+  std::vector<float> x_;     // (T, d) residual stream
+  std::vector<float> h_;     // (T, d) normed input of a block
+  std::vector<float> q_;     // (T, H * hd)
+  std::vector<float> k_;     // (T, KV * hd)
+  std::vector<float> v_;     // (T, KV * hd)
+  std::vector<float> attn_;  // (T, H * hd)
+  std::vector<float> gate_;  // (T, f)
+  std::vector<float> up_;    // (T, f)
+  std::vector<float> last_;  // (R, d) rows that need logits
+};
+
+}  // namespace cmoe::engine
+
+#endif  // CMOE_ENGINE_MODEL_H_

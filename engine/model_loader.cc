@@ -1,0 +1,30 @@
+#include "engine/model_loader.h"
+
+#include <utility>
+
+#include "common/status.h"
+#include "kernels/backend_factory.h"
+
+namespace cmoe::engine {
+
+absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
+  CMOE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
+                        Checkpoint::Open(options.model_dir));
+  LoadedModel loaded;
+  if (options.load_tokenizer) {
+    CMOE_ASSIGN_OR_RETURN(loaded.tokenizer, LoadTokenizer(options.model_dir, checkpoint->config()));
+  }
+  const ModelConfig config = checkpoint->config();
+  CMOE_ASSIGN_OR_RETURN(
+      std::unique_ptr<kernels::Backend> backend,
+      kernels::CreateBackend({.device = options.device, .threads = options.threads}));
+  CMOE_ASSIGN_OR_RETURN(loaded.model, Model::Create(std::move(checkpoint), std::move(backend)));
+  const int64_t tokens =
+      options.kv_cache_tokens > 0 ? options.kv_cache_tokens : config.max_position_embeddings;
+  const int64_t blocks = (tokens + options.kv_block_size - 1) / options.kv_block_size;
+  CMOE_ASSIGN_OR_RETURN(loaded.cache, KvCache::Create(config, {.block_size = options.kv_block_size,
+                                                               .num_blocks = blocks}));
+  return loaded;
+}
+
+}  // namespace cmoe::engine

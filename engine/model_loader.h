@@ -1,0 +1,41 @@
+// Everything a tool or the server needs to run a checkpoint directory: the model on its backend,
+// a KV cache, and the tokenizer.
+//
+//   CMOE_ASSIGN_OR_RETURN(LoadedModel m, LoadModel({.model_dir = dir, .threads = 2}));
+//   CMOE_ASSIGN_OR_RETURN(auto ids, m.tokenizer->Encode("Once upon a time", {}));
+#ifndef CMOE_ENGINE_MODEL_LOADER_H_
+#define CMOE_ENGINE_MODEL_LOADER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/tokenizer.h"
+
+namespace cmoe::engine {
+
+struct LoadOptions {
+  std::string model_dir;
+  std::string device = "cpu";  // see kernels::BackendOptions
+  int threads = 0;             // <= 0: all cores
+  int32_t kv_block_size = 16;
+  // Positions the KV cache holds over all sequences; <= 0: one full context.
+  int64_t kv_cache_tokens = 0;
+  bool load_tokenizer = true;
+};
+
+struct LoadedModel {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<Tokenizer> tokenizer;  // null when not requested
+};
+
+// Errors name the directory and what is wrong with it (see Checkpoint::Open, LoadTokenizer).
+absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options);
+
+}  // namespace cmoe::engine
+
+#endif  // CMOE_ENGINE_MODEL_LOADER_H_

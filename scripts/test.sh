@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command: installs missing system packages, configures, builds with all cores, and runs
+# every test but the `gpu` label (GPU tests skip cleanly without a device anyway).
+# Exits non-zero on any failure.
+#
+#   scripts/test.sh              # Release build in build/
+#   BUILD_DIR=build-asan CMAKE_PRESET=asan scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD_DIR=${BUILD_DIR:-build}
+JOBS=${JOBS:-$(nproc)}
+
+scripts/install-deps.sh
+
+if [ -n "${CMAKE_PRESET:-}" ]; then
+  cmake --preset "$CMAKE_PRESET" -B "$BUILD_DIR"
+else
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
+fi
+cmake --build "$BUILD_DIR" -j "$JOBS"
+
+# The engine and kernels must not see gRPC or protobuf (architecture rule).
+if grep -rlE '#include\s*[<"](grpcpp/|grpc\+\+/|.*\.pb\.h)' engine kernels common; then
+  echo "test.sh: gRPC/protobuf included below the server layer" >&2
+  exit 1
+fi
+
+ctest --test-dir "$BUILD_DIR" -LE gpu -j "$JOBS" --output-on-failure --timeout 900

@@ -1,0 +1,83 @@
+// cmoe-eval: quality evaluation of a checkpoint.
+//
+//   cmoe-eval ppl --model DIR --text FILE [--ctx N] [--max-windows W] [--threads N] [--json]
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/mapped_file.h"
+#include "common/status.h"
+#include "common/timer.h"
+#include "engine/model_loader.h"
+#include "engine/perplexity.h"
+#include "nlohmann/json.hpp"
+#include "tools/tool_util.h"
+
+ABSL_FLAG(std::string, model, "", "Model directory (Hugging Face layout)");
+ABSL_FLAG(std::string, text, "", "UTF-8 text file to evaluate on");
+ABSL_FLAG(int64_t, ctx, 0, "Window length in tokens (0: the model's context)");
+ABSL_FLAG(int64_t, max_windows, 0, "Evaluate at most this many windows (0: all)");
+ABSL_FLAG(int32_t, threads, 0, "CPU threads (0: all cores)");
+ABSL_FLAG(std::string, device, "cpu", "Backend: cpu | reference | cuda[:N]");
+ABSL_FLAG(bool, json, false, "Print one JSON object");
+
+namespace cmoe::tools {
+namespace {
+
+absl::Status RunPerplexity() {
+  CMOE_RETURN_IF_ERROR(RequireFlag("model", absl::GetFlag(FLAGS_model)));
+  CMOE_RETURN_IF_ERROR(RequireFlag("text", absl::GetFlag(FLAGS_text)));
+  CMOE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(absl::GetFlag(FLAGS_text)));
+  CMOE_ASSIGN_OR_RETURN(engine::LoadedModel m,
+                        engine::LoadModel({.model_dir = absl::GetFlag(FLAGS_model),
+                                           .device = absl::GetFlag(FLAGS_device),
+                                           .threads = absl::GetFlag(FLAGS_threads)}));
+  Timer timer;
+  // The GPTQ protocol: one BOS at the start of the whole text.
+  absl::StatusOr<std::vector<int32_t>> tokens = m.tokenizer->Encode(
+      text, {.add_bos = true, .add_dummy_prefix = m.tokenizer->DefaultDummyPrefix()});
+  if (!tokens.ok()) return Annotate(tokens.status(), absl::GetFlag(FLAGS_text));
+  CMOE_LOG(INFO) << "tokenized " << text.size() << " bytes into " << tokens->size()
+                 << " tokens in " << timer.Seconds() << " s";
+  timer.Reset();
+  engine::PerplexityOptions options{
+      .ctx = absl::GetFlag(FLAGS_ctx),
+      .max_windows = absl::GetFlag(FLAGS_max_windows),
+      .on_window = [&](int64_t done, int64_t total) {
+        std::fprintf(stderr, "\rwindow %lld/%lld  %.1f s", static_cast<long long>(done),
+                     static_cast<long long>(total), timer.Seconds());
+        if (done == total) std::fprintf(stderr, "\n");
+      }};
+  CMOE_ASSIGN_OR_RETURN(engine::PerplexityResult r,
+                        engine::EvaluatePerplexity(*m.model, *m.cache, *tokens, options));
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json j{{"ppl", r.ppl},           {"nll", r.nll},
+                     {"tokens_scored", r.tokens_scored}, {"windows", r.windows},
+                     {"ctx", r.ctx},           {"seconds", timer.Seconds()}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("ppl %.4f  nll %.5f  tokens %lld  windows %lld  ctx %lld\n", r.ppl, r.nll,
+                static_cast<long long>(r.tokens_scored), static_cast<long long>(r.windows),
+                static_cast<long long>(r.ctx));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace cmoe::tools
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args = cmoe::tools::ParseToolFlags(
+      argc, argv,
+      "cmoe-eval ppl --model DIR --text FILE [--ctx N] [--max-windows W] [--threads N] [--json]");
+  if (args.size() != 1 || args[0] != "ppl") {
+    return cmoe::tools::Fail(
+        "cmoe-eval", absl::InvalidArgumentError(absl::StrCat(
+                         "expected the subcommand 'ppl'", args.empty() ? "" : ", got '",
+                         args.empty() ? "" : args[0], args.empty() ? "" : "'")));
+  }
+  absl::Status status = cmoe::tools::RunPerplexity();
+  return status.ok() ? 0 : cmoe::tools::Fail("cmoe-eval", status);
+}

@@ -1,0 +1,58 @@
+#include "tools/tool_util.h"
+
+#include <cstdio>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+
+namespace cmoe::tools {
+
+namespace {
+
+// "--max-new-tokens=5" -> "--max_new_tokens=5" when that names a defined flag, so both spellings
+// work (Abseil only knows underscores). Anything else is left as it is.
+std::string NormalizeFlagSpelling(const std::string& arg) {
+  if (arg.size() < 3 || arg.compare(0, 2, "--") != 0) return arg;
+  const size_t eq = arg.find('=');
+  std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+  if (name.find('-') == std::string::npos) return arg;
+  for (char& c : name) {
+    if (c == '-') c = '_';
+  }
+  const std::string value = eq == std::string::npos ? "" : arg.substr(eq);
+  if (absl::FindCommandLineFlag(name) != nullptr) return "--" + name + value;
+  // --no-ignore-eos -> --noignore_eos, Abseil's negation of a boolean flag.
+  if (name.compare(0, 3, "no_") == 0 && absl::FindCommandLineFlag(name.substr(3)) != nullptr) {
+    return "--no" + name.substr(3) + value;
+  }
+  return arg;
+}
+
+}  // namespace
+
+std::vector<std::string> ParseToolFlags(int argc, char** argv, std::string_view usage) {
+  absl::SetProgramUsageMessage(std::string(usage));
+  std::vector<std::string> normalized;
+  for (int i = 0; i < argc; ++i) normalized.push_back(NormalizeFlagSpelling(argv[i]));
+  std::vector<char*> args;
+  for (std::string& arg : normalized) args.push_back(arg.data());
+  std::vector<char*> rest = absl::ParseCommandLine(argc, args.data());
+  std::vector<std::string> positional;
+  for (size_t i = 1; i < rest.size(); ++i) positional.emplace_back(rest[i]);
+  return positional;
+}
+
+int Fail(std::string_view tool, const absl::Status& status) {
+  std::fprintf(stderr, "%.*s: error: %.*s\n", static_cast<int>(tool.size()), tool.data(),
+               static_cast<int>(status.message().size()), status.message().data());
+  return 1;
+}
+
+absl::Status RequireFlag(std::string_view flag, const std::string& value) {
+  if (!value.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("--", std::string(flag), " is required"));
+}
+
+}  // namespace cmoe::tools

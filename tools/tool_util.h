@@ -1,0 +1,27 @@
+// What every command-line tool shares: flag parsing with a usage line, error reporting with a
+// non-zero exit, and stderr progress lines.
+#ifndef CMOE_TOOLS_TOOL_UTIL_H_
+#define CMOE_TOOLS_TOOL_UTIL_H_
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace cmoe::tools {
+
+// Parses Abseil flags (unknown flags and bad values exit 1 with a message); returns the
+// positional arguments after the program name. Flags may be spelled with dashes or underscores
+// (--max-new-tokens or --max_new_tokens).
+std::vector<std::string> ParseToolFlags(int argc, char** argv, std::string_view usage);
+
+// Prints "<tool>: error: <message>" to stderr and returns the exit code 1.
+int Fail(std::string_view tool, const absl::Status& status);
+
+// InvalidArgument "--<flag> is required" when `value` is empty.
+absl::Status RequireFlag(std::string_view flag, const std::string& value);
+
+}  // namespace cmoe::tools
+
+#endif  // CMOE_TOOLS_TOOL_UTIL_H_
