@@ -42,14 +42,11 @@ absl::Status RunPerplexity() {
   CMOE_LOG(INFO) << "tokenized " << text.size() << " bytes into " << tokens->size()
                  << " tokens in " << timer.Seconds() << " s";
   timer.Reset();
+  ProgressLine progress("window");
   engine::PerplexityOptions options{
       .ctx = absl::GetFlag(FLAGS_ctx),
       .max_windows = absl::GetFlag(FLAGS_max_windows),
-      .on_window = [&](int64_t done, int64_t total) {
-        std::fprintf(stderr, "\rwindow %lld/%lld  %.1f s", static_cast<long long>(done),
-                     static_cast<long long>(total), timer.Seconds());
-        if (done == total) std::fprintf(stderr, "\n");
-      }};
+      .on_window = [&](int64_t done, int64_t total) { progress.Update(done, total); }};
   CMOE_ASSIGN_OR_RETURN(engine::PerplexityResult r,
                         engine::EvaluatePerplexity(*m.model, *m.cache, *tokens, options));
   if (absl::GetFlag(FLAGS_json)) {

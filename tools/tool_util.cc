@@ -1,5 +1,8 @@
 #include "tools/tool_util.h"
 
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
 
 #include "absl/flags/parse.h"
@@ -53,6 +56,26 @@ int Fail(std::string_view tool, const absl::Status& status) {
 absl::Status RequireFlag(std::string_view flag, const std::string& value) {
   if (!value.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat("--", std::string(flag), " is required"));
+}
+
+namespace {
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+ProgressLine::ProgressLine(std::string label)
+    : label_(std::move(label)), tty_(::isatty(STDERR_FILENO) == 1), start_(NowSeconds()) {}
+
+void ProgressLine::Update(int64_t done, int64_t total) {
+  const double now = NowSeconds();
+  const bool last = done >= total;
+  if (!last && now - last_ < (tty_ ? 0.2 : 5.0)) return;
+  last_ = now;
+  std::fprintf(stderr, "%s%s %lld/%lld  %.1f s%s", tty_ ? "\r" : "", label_.c_str(),
+               static_cast<long long>(done), static_cast<long long>(total), now - start_,
+               tty_ && !last ? "" : "\n");
+  std::fflush(stderr);
 }
 
 }  // namespace cmoe::tools

@@ -3,6 +3,7 @@
 #ifndef CMOE_TOOLS_TOOL_UTIL_H_
 #define CMOE_TOOLS_TOOL_UTIL_H_
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,6 +22,23 @@ int Fail(std::string_view tool, const absl::Status& status);
 
 // InvalidArgument "--<flag> is required" when `value` is empty.
 absl::Status RequireFlag(std::string_view flag, const std::string& value);
+
+// A progress line on stderr for work that takes more than a few seconds: rewritten in place on a
+// terminal, one line every few seconds otherwise (logs stay readable).
+//
+//   ProgressLine progress("window");
+//   for (...) progress.Update(done, total);
+class ProgressLine {
+ public:
+  explicit ProgressLine(std::string label);
+  void Update(int64_t done, int64_t total);
+
+ private:
+  std::string label_;
+  bool tty_;
+  double start_;
+  double last_ = -1.0;
+};
 
 }  // namespace cmoe::tools
 
