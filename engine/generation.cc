@@ -59,7 +59,7 @@ absl::Status Decode(Model& model, KvCache& cache, SequenceBlocks& seq,
         result.finish_reason = "context";
         break;
       }
-      CMOE_RETURN_IF_ERROR(cache.Reserve(seq, pos + 1));
+      CMOE_RETURN_IF_ERROR(cache.Reserve(seq, pos));
       const SequenceChunk chunk{
           .tokens = {&result.tokens.back(), 1}, .start_pos = pos - 1, .blocks = &seq};
       CMOE_RETURN_IF_ERROR(model.Forward({&chunk, 1}, cache, out));

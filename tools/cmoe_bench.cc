@@ -64,10 +64,13 @@ int32_t Argmax(std::span<const float> logits) {
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
+int Threads() {
+  return absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
+                                          : ThreadPool::HardwareThreads();
+}
+
 double MeasureBandwidth() {
-  const int threads = absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
-                                                        : ThreadPool::HardwareThreads();
-  ThreadPool pool(threads);
+  ThreadPool pool(Threads());
   return kernels::cpu::MeasureReadBandwidthGBps(
       pool, static_cast<size_t>(absl::GetFlag(FLAGS_bandwidth_mib)) << 20, 5);
 }
@@ -83,8 +86,9 @@ void Print(const nlohmann::json& j, const std::string& line) {
 absl::Status RunDecode() {
   const int64_t batch = absl::GetFlag(FLAGS_batch), steps = absl::GetFlag(FLAGS_tokens);
   const int64_t prompt_len = absl::GetFlag(FLAGS_prompt);
-  if (batch < 1 || steps < 1 || prompt_len < 1) {
-    return absl::InvalidArgumentError("--batch, --tokens and --prompt must be >= 1");
+  if (batch < 1 || steps < 1 || prompt_len < 1 || absl::GetFlag(FLAGS_bandwidth_mib) < 1) {
+    return absl::InvalidArgumentError(
+        "--batch, --tokens, --prompt and --bandwidth-mib must be >= 1");
   }
   CMOE_ASSIGN_OR_RETURN(engine::LoadedModel m, Load(batch * (prompt_len + steps + 2 + 16)));
   const engine::ModelConfig& config = m.model->config();
@@ -126,7 +130,7 @@ absl::Status RunDecode() {
                    {"model", absl::GetFlag(FLAGS_model)},
                    {"batch", batch},
                    {"steps", steps},
-                   {"threads", absl::GetFlag(FLAGS_threads)},
+                   {"threads", Threads()},
                    {"tokens_per_second", tps},
                    {"median_step_ms", median * 1e3},
                    {"weight_bytes_per_step", bytes},
@@ -171,7 +175,7 @@ absl::Status RunPrefill() {
   const double flops =
       (static_cast<double>(m.model->MatmulFlopsPerToken()) - lm_head) * n + lm_head + attention;
   nlohmann::json j{{"mode", "prefill"},          {"model", absl::GetFlag(FLAGS_model)},
-                   {"tokens", n},                {"threads", absl::GetFlag(FLAGS_threads)},
+                   {"tokens", n},                {"threads", Threads()},
                    {"median_seconds", median},   {"tokens_per_second", n / median},
                    {"gflops", flops / median / 1e9}};
   Print(j, absl::StrCat("prefill ", n, " tokens: ", median, " s, ", n / median, " tok/s, ",

@@ -29,6 +29,9 @@ namespace {
 absl::Status RunPerplexity() {
   CMOE_RETURN_IF_ERROR(RequireFlag("model", absl::GetFlag(FLAGS_model)));
   CMOE_RETURN_IF_ERROR(RequireFlag("text", absl::GetFlag(FLAGS_text)));
+  if (absl::GetFlag(FLAGS_ctx) < 0 || absl::GetFlag(FLAGS_max_windows) < 0) {
+    return absl::InvalidArgumentError("--ctx and --max-windows must be >= 0 (0: the default)");
+  }
   CMOE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(absl::GetFlag(FLAGS_text)));
   CMOE_ASSIGN_OR_RETURN(engine::LoadedModel m,
                         engine::LoadModel({.model_dir = absl::GetFlag(FLAGS_model),

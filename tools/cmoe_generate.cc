@@ -85,6 +85,7 @@ absl::Status Run() {
   std::string text;
   absl::Status stream_status;
   engine::GenerateOptions options = OptionsFromFlags();
+  CMOE_RETURN_IF_ERROR(engine::ValidateSamplingParams(options.sampling));
   options.on_token = [&](int32_t token) {
     absl::StatusOr<std::string> piece = detok.Push(token);
     if (!piece.ok()) {
