@@ -24,6 +24,13 @@ class Checkpoint {
   // (missing files, bad safetensors headers, offsets outside the file, overlapping tensors, unknown
   // dtypes, shapes that disagree with config.json, missing or unexpected tensors). Logs progress
   // for large checkpoints.
+  //
+  // Tensors are bound by their Hugging Face names; norms are 1-D (d) tensors bound as (1, d)
+  // views. With tie_word_embeddings, either model.embed_tokens.weight or lm_head.weight may be
+  // stored alone and serves as both (tinystories-656k stores only lm_head.weight); untied
+  // checkpoints need both. Any other tensor is InvalidArgument "unexpected tensor X in file Y",
+  // except *rotary_emb.inv_freq, which is ignored. Tensors may mix F32, F16 and BF16.
+  // Errors: NotFound for missing files or tensors, InvalidArgument for everything malformed.
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& model_dir);
 
   ~Checkpoint();

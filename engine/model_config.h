@@ -35,9 +35,13 @@ struct ModelConfig {
 // key: missing or mistyped required keys, non-positive sizes, heads that do not divide, an
 // architecture other than LlamaForCausalLM / model_type llama, rope_scaling other than null,
 // hidden_act other than silu, attention or MLP biases.
+// Required: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size,
+// max_position_embeddings. Absent or null keys take the defaults above (rms_norm_eps 1e-6 as in
+// transformers' LlamaConfig). eos_token_id may be an int or a list; token ids must lie in the
+// vocabulary. Errors are InvalidArgument "<path>: key '<key>': <what>".
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view path);
 
-// Reads DIR/config.json.
+// Reads DIR/config.json (NotFound naming the path when it is missing).
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
 
 // The config.json text for `config` (Hugging Face key names), used by the converter and synth.

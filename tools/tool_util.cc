@@ -8,6 +8,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace cmoe::tools {
@@ -37,6 +39,13 @@ std::string NormalizeFlagSpelling(const std::string& arg) {
 
 std::vector<std::string> ParseToolFlags(int argc, char** argv, std::string_view usage) {
   absl::SetProgramUsageMessage(std::string(usage));
+  // --help lists the tool's own flags. Abseil looks for a source file named like the binary,
+  // which never matches our dashed names (cmoe-generate vs cmoe_generate.cc).
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "tools/cmoe_");
+  };
+  absl::SetFlagsUsageConfig(usage_config);
   std::vector<std::string> normalized;
   for (int i = 0; i < argc; ++i) normalized.push_back(NormalizeFlagSpelling(argv[i]));
   std::vector<char*> args;
