@@ -19,7 +19,10 @@ struct CpuBackendOptions {
   SimdLevel simd = SimdLevel::kAuto;
 };
 
-// Fails (InvalidArgument) only when `options.simd` names an instruction set this CPU lacks.
+// Fails (InvalidArgument) only when `options.simd` names an instruction set this CPU lacks. The
+// backend's Name() is "cpu-" + SimdLevelName(level in use), e.g. "cpu-avx512". It owns a pool of
+// options.threads threads (the calling thread included) used inside each call; like every
+// Backend it is called from one thread at a time.
 absl::StatusOr<std::unique_ptr<Backend>> MakeCpuBackend(const CpuBackendOptions& options);
 
 // The best instruction set this CPU supports, and its name ("avx512", "avx2", "scalar").
