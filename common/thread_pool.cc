@@ -3,10 +3,18 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 
 namespace cmoe {
 namespace {
+
+// The caller spins this many polls for stragglers before it starts yielding its core.
 constexpr int kSpinIterations = 20000;
+// Idle workers poll for new work this long before sleeping. A decode step runs hundreds of
+// short loops with a little serial work between them; a worker that fell asleep in a gap costs a
+// futex wake-up (tens of microseconds on a VM) on the next loop.
+constexpr auto kWorkerSpin = std::chrono::milliseconds(2);
+
 }  // namespace
 
 ThreadPool::ThreadPool(int num_threads) {
@@ -70,8 +78,10 @@ void ThreadPool::WorkerLoop(int worker_index) {
   uint64_t seen = 0;
   while (true) {
     uint64_t current = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; current == seen && spin < kSpinIterations; ++spin) {
+    const auto spin_until = std::chrono::steady_clock::now() + kWorkerSpin;
+    for (int spin = 1; current == seen; ++spin) {
       current = generation_.load(std::memory_order_acquire);
+      if (spin % 1024 == 0 && std::chrono::steady_clock::now() > spin_until) break;
     }
     if (current == seen) {
       std::unique_lock<std::mutex> lock(mutex_);

@@ -69,10 +69,11 @@ int Threads() {
                                           : ThreadPool::HardwareThreads();
 }
 
+// One read-bandwidth sample (itself the median of 3 passes) with the benchmark's thread count.
 double MeasureBandwidth() {
   ThreadPool pool(Threads());
   return kernels::cpu::MeasureReadBandwidthGBps(
-      pool, static_cast<size_t>(absl::GetFlag(FLAGS_bandwidth_mib)) << 20, 5);
+      pool, static_cast<size_t>(absl::GetFlag(FLAGS_bandwidth_mib)) << 20, 3);
 }
 
 void Print(const nlohmann::json& j, const std::string& line) {
@@ -93,8 +94,8 @@ absl::Status RunDecode() {
   CMOE_ASSIGN_OR_RETURN(engine::LoadedModel m, Load(batch * (prompt_len + steps + 2 + 16)));
   const engine::ModelConfig& config = m.model->config();
   if (prompt_len + steps + 2 > config.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("--prompt + --tokens exceed the context of ",
-                                                   config.max_position_embeddings));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prompt + --tokens exceed the context of ", config.max_position_embeddings));
   }
   std::vector<SequenceBlocks> seqs(static_cast<size_t>(batch));
   std::vector<std::vector<int32_t>> prompts;
@@ -106,10 +107,16 @@ absl::Status RunDecode() {
   }
   engine::ForwardOutput out;
   CMOE_RETURN_IF_ERROR(m.model->Forward(chunks, *m.cache, out));
+  // The read bandwidth is sampled between rounds of decode steps, so that its median and the
+  // median step time come from the same stretch of time (shared machines drift).
+  const int64_t warmup = 2, rounds = std::min<int64_t>(steps, 4);
+  std::vector<double> bandwidth_samples;
   std::vector<int32_t> next(static_cast<size_t>(batch));
   std::vector<double> step_seconds;
-  const int64_t warmup = 2;
   for (int64_t s = 0; s < steps + warmup; ++s) {
+    if (s >= warmup && (s - warmup) % ((steps + rounds - 1) / rounds) == 0) {
+      bandwidth_samples.push_back(MeasureBandwidth());
+    }
     for (int64_t b = 0; b < batch; ++b) {
       next[b] = Argmax(out.Logits(b));
       CMOE_RETURN_IF_ERROR(m.cache->Reserve(seqs[b], prompt_len + s + 1));
@@ -119,12 +126,13 @@ absl::Status RunDecode() {
     CMOE_RETURN_IF_ERROR(m.model->Forward(chunks, *m.cache, out));
     if (s >= warmup) step_seconds.push_back(timer.Seconds());
   }
+  bandwidth_samples.push_back(MeasureBandwidth());
   double total = 0.0;
   for (double t : step_seconds) total += t;
   const double median = Median(step_seconds);
   const double bytes = static_cast<double>(m.model->DecodeWeightBytes());
   const double achieved = bytes / median / 1e9;
-  const double bandwidth = MeasureBandwidth();
+  const double bandwidth = Median(bandwidth_samples);
   const double tps = static_cast<double>(batch * steps) / total;
   nlohmann::json j{{"mode", "decode"},
                    {"model", absl::GetFlag(FLAGS_model)},
@@ -138,8 +146,8 @@ absl::Status RunDecode() {
                    {"achieved_gbps", achieved},
                    {"read_bandwidth_gbps", bandwidth},
                    {"bandwidth_ratio", achieved / bandwidth}};
-  Print(j, absl::StrCat("decode batch ", batch, ": ", tps, " tok/s, step ", median * 1e3,
-                        " ms, ", bytes / 1e9, " GB/step, ", achieved, " GB/s of ", bandwidth,
+  Print(j, absl::StrCat("decode batch ", batch, ": ", tps, " tok/s, step ", median * 1e3, " ms, ",
+                        bytes / 1e9, " GB/step, ", achieved, " GB/s of ", bandwidth,
                         " GB/s measured (", 100.0 * achieved / bandwidth, " %)"));
   return absl::OkStatus();
 }
@@ -174,9 +182,12 @@ absl::Status RunPrefill() {
   const double lm_head = 2.0 * config.vocab_size * config.hidden_size;
   const double flops =
       (static_cast<double>(m.model->MatmulFlopsPerToken()) - lm_head) * n + lm_head + attention;
-  nlohmann::json j{{"mode", "prefill"},          {"model", absl::GetFlag(FLAGS_model)},
-                   {"tokens", n},                {"threads", Threads()},
-                   {"median_seconds", median},   {"tokens_per_second", n / median},
+  nlohmann::json j{{"mode", "prefill"},
+                   {"model", absl::GetFlag(FLAGS_model)},
+                   {"tokens", n},
+                   {"threads", Threads()},
+                   {"median_seconds", median},
+                   {"tokens_per_second", n / median},
                    {"gflops", flops / median / 1e9}};
   Print(j, absl::StrCat("prefill ", n, " tokens: ", median, " s, ", n / median, " tok/s, ",
                         flops / median / 1e9, " GFLOP/s"));

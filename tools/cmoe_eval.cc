@@ -42,8 +42,8 @@ absl::Status RunPerplexity() {
   absl::StatusOr<std::vector<int32_t>> tokens = m.tokenizer->Encode(
       text, {.add_bos = true, .add_dummy_prefix = m.tokenizer->DefaultDummyPrefix()});
   if (!tokens.ok()) return Annotate(tokens.status(), absl::GetFlag(FLAGS_text));
-  CMOE_LOG(INFO) << "tokenized " << text.size() << " bytes into " << tokens->size()
-                 << " tokens in " << timer.Seconds() << " s";
+  CMOE_LOG(INFO) << "tokenized " << text.size() << " bytes into " << tokens->size() << " tokens in "
+                 << timer.Seconds() << " s";
   timer.Reset();
   ProgressLine progress("window");
   engine::PerplexityOptions options{
@@ -53,9 +53,8 @@ absl::Status RunPerplexity() {
   CMOE_ASSIGN_OR_RETURN(engine::PerplexityResult r,
                         engine::EvaluatePerplexity(*m.model, *m.cache, *tokens, options));
   if (absl::GetFlag(FLAGS_json)) {
-    nlohmann::json j{{"ppl", r.ppl},           {"nll", r.nll},
-                     {"tokens_scored", r.tokens_scored}, {"windows", r.windows},
-                     {"ctx", r.ctx},           {"seconds", timer.Seconds()}};
+    nlohmann::json j{{"ppl", r.ppl},         {"nll", r.nll}, {"tokens_scored", r.tokens_scored},
+                     {"windows", r.windows}, {"ctx", r.ctx}, {"seconds", timer.Seconds()}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("ppl %.4f  nll %.5f  tokens %lld  windows %lld  ctx %lld\n", r.ppl, r.nll,
@@ -73,10 +72,10 @@ int main(int argc, char** argv) {
       argc, argv,
       "cmoe-eval ppl --model DIR --text FILE [--ctx N] [--max-windows W] [--threads N] [--json]");
   if (args.size() != 1 || args[0] != "ppl") {
-    return cmoe::tools::Fail(
-        "cmoe-eval", absl::InvalidArgumentError(absl::StrCat(
-                         "expected the subcommand 'ppl'", args.empty() ? "" : ", got '",
-                         args.empty() ? "" : args[0], args.empty() ? "" : "'")));
+    return cmoe::tools::Fail("cmoe-eval",
+                             absl::InvalidArgumentError(absl::StrCat(
+                                 "expected the subcommand 'ppl'", args.empty() ? "" : ", got '",
+                                 args.empty() ? "" : args[0], args.empty() ? "" : "'")));
   }
   absl::Status status = cmoe::tools::RunPerplexity();
   return status.ok() ? 0 : cmoe::tools::Fail("cmoe-eval", status);

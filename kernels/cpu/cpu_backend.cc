@@ -103,8 +103,9 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   const SimdKernels& k_;
   std::string name_;
-  std::vector<float> norm_weight_;  // RmsNorm's weight widened to f32
-  std::vector<float> gemm_x_;       // Gemm's packed x
+  std::vector<float> norm_weight_;   // RmsNorm's weight widened to f32
+  std::vector<float> gemm_x_;        // Gemm's packed x
+  std::vector<float> gemv_x_pairs_;  // Gemv's x arranged for the BF16 one-token path
 };
 
 absl::Status CpuBackend::RmsNorm(const float* x, int64_t num_rows, const WeightView& weight,
@@ -201,8 +202,13 @@ void CpuBackend::Gemv(const GemvArgs& args, const WeightView& w) {
       std::max(w.rows * row_bytes / (16 * pool_.num_threads()), kMinBytesPerChunk);
   const int64_t rows = std::max<int64_t>(16, (chunk_bytes / row_bytes + 15) / 16 * 16);
   const GemvFn gemv = k_.gemv[WeightIndex(w)];
+  GemvArgs a = args;
+  if (w.dtype == DType::kBF16 && a.num_tokens == 1 && k_.pair_x != nullptr) {
+    k_.pair_x(a.x, a.in, Scratch(gemv_x_pairs_, a.in));
+    a.x_pairs = gemv_x_pairs_.data();
+  }
   ForEachChunk(pool_, (w.rows + rows - 1) / rows,
-               [&](int64_t c) { gemv(args, c * rows, std::min(w.rows, (c + 1) * rows)); });
+               [&](int64_t c) { gemv(a, c * rows, std::min(w.rows, (c + 1) * rows)); });
 }
 
 // x is packed once for the whole call (shared by the threads); then blocks of kNc output rows are

@@ -40,8 +40,8 @@ class ReferenceBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  absl::Status Rope(float* x, std::span<const int32_t> positions, int32_t n_heads,
-                    int32_t head_dim, float theta) override {
+  absl::Status Rope(float* x, std::span<const int32_t> positions, int32_t n_heads, int32_t head_dim,
+                    float theta) override {
     if (head_dim % 2 != 0) {
       return absl::InvalidArgumentError(absl::StrCat("Rope: head_dim ", head_dim, " is odd"));
     }

@@ -22,6 +22,7 @@ struct Avx2 {
   static constexpr int kGemmMr = 6;
   static constexpr int kGemmNrVecs = 2;
   static constexpr int kGemvRowsT1 = 8;
+  static constexpr int kGemvRowsBf16Pairs = 8;
   static constexpr int kGemvMaxTokens = 2;
 
   // Lanes < n all ones.
@@ -58,6 +59,14 @@ struct Avx2 {
   }
   static F LoadW(WBf16, const uint8_t* p) { return Bf16(Load16(p)); }
   static F LoadWN(WBf16, const uint8_t* p, int n) { return Bf16(Load16N(p, n)); }
+
+  static __m256i LoadRaw(const uint8_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static F Bf16Even(__m256i v) { return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); }
+  static F Bf16Odd(__m256i v) {
+    return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(-65536)));
+  }
 
   static F Add(F a, F b) { return _mm256_add_ps(a, b); }
   static F Sub(F a, F b) { return _mm256_sub_ps(a, b); }

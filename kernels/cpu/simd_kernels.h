@@ -26,6 +26,8 @@ struct GemvArgs {
   const void* w = nullptr;  // (out, in) row-major in the table's dtype, read, unaligned
   int64_t in = 0;
   float* y = nullptr;  // (num_tokens, ldy) f32, written (read too when accumulate)
+  // One token with BF16 weights: x rearranged by the table's pair_x, or null (generic path).
+  const float* x_pairs = nullptr;
   int64_t ldy = 0;
   bool accumulate = false;
 };
@@ -75,6 +77,10 @@ struct SimdKernels {
   WidenFn widen[kNumWeightTypes];
   PackWFn pack_w[kNumWeightTypes];
   PackXFn pack_x;
+  // Rearranges one row of x (in floats) for the BF16 one-token GEMV: every block of 2 * lanes
+  // becomes [even elements, odd elements]; a shorter tail is copied as is. Null when the level
+  // has no such path.
+  void (*pair_x)(const float* x, int64_t in, float* dst);
   GemmKernelFn gemm_kernel;
   int gemm_mr;  // tokens per micro-kernel tile
   int gemm_nr;  // output rows per micro-kernel tile

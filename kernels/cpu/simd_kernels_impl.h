@@ -19,7 +19,9 @@
 //   Min, Max, Fma (a * b + c), Round (to nearest), Pow2 (2^n for integral n in [-126, 127]),
 //   ReduceAdd, ReduceMax, Transpose (kWidth vectors as a square matrix, in place); constants
 //   kGemmMr, kGemmNrVecs (micro-kernel tile), kGemvRowsT1 (rows per GEMV tile at one token),
-//   kGemvMaxTokens (tokens per GEMV tile).
+//   kGemvMaxTokens (tokens per GEMV tile). Optional, for the BF16 one-token path: LoadRaw
+//   (2 * kWidth BF16 as one integer vector), Bf16Even / Bf16Odd (its even / odd elements as
+//   floats), kGemvRowsBf16Pairs.
 #ifndef CMOE_KERNELS_CPU_SIMD_KERNELS_IMPL_H_
 #define CMOE_KERNELS_CPU_SIMD_KERNELS_IMPL_H_
 
@@ -87,13 +89,13 @@ inline typename V::F Exp(typename V::F x) {
 
 // Software prefetch distance along each weight row: with several rows streamed at once the
 // hardware prefetchers alone leave memory bandwidth unused (measured: +5-10 % at one token).
-constexpr int kGemvPrefetchBytes = 512;
+constexpr int kGemvPrefetchBytes = 256;
 
-template <class V, class W, int kRows, int kTokens, bool kPartial>
+template <class V, class W, int kRows, int kTokens, bool kPartial, bool kPrefetch = !kPartial>
 inline void GemvStep(typename V::F (&acc)[kRows][kTokens], const uint8_t* w, int64_t row_bytes,
                      const float* x, int64_t ldx, int n) {
   typename V::F wv[kRows];
-  if constexpr (!kPartial) {
+  if constexpr (kPrefetch) {
     for (int i = 0; i < kRows; ++i) __builtin_prefetch(w + i * row_bytes + kGemvPrefetchBytes);
   }
   for (int i = 0; i < kRows; ++i) wv[i] = LoadWeights<V, W, kPartial>(w + i * row_bytes, n);
@@ -114,6 +116,16 @@ void GemvTile(const GemvArgs& a, int64_t r, int64_t t0) {
   const uint8_t* w = static_cast<const uint8_t*>(a.w) + r * row_bytes;
   const float* x = a.x + t0 * a.ldx;
   int64_t k = 0;
+  // A whole 64-byte line of every row per iteration, one prefetch per line.
+  constexpr int kLine = 64 / W::kBytes > V::kWidth ? 64 / W::kBytes : V::kWidth;
+  for (; k + kLine <= a.in; k += kLine) {
+    GemvStep<V, W, kRows, kTokens, false, false>(acc, w + k * W::kBytes, row_bytes, x + k, a.ldx,
+                                                 V::kWidth);
+    for (int s = V::kWidth; s < kLine; s += V::kWidth) {
+      GemvStep<V, W, kRows, kTokens, false, false>(acc, w + (k + s) * W::kBytes, row_bytes,
+                                                   x + k + s, a.ldx, V::kWidth);
+    }
+  }
   for (; k + V::kWidth <= a.in; k += V::kWidth) {
     GemvStep<V, W, kRows, kTokens, false>(acc, w + k * W::kBytes, row_bytes, x + k, a.ldx,
                                           V::kWidth);
@@ -154,9 +166,76 @@ void GemvRowBlock(const GemvArgs& a, int64_t r) {
   }
 }
 
+// BF16 at one token, the hot loop of decode. A BF16 pair (2j, 2j+1) fills one 32-bit lane, so a
+// plain load of 2 * kWidth weights yields both halves as floats with one shift (even elements)
+// and one mask (odd elements), no shuffles; x is pre-arranged to match (PairX). Same sums as the
+// generic path, in a different order.
+template <class V>
+concept HasBf16Pairs = requires(const uint8_t* p) {
+  V::Bf16Even(V::LoadRaw(p));
+};
+
+template <class V>
+void PairX(const float* x, int64_t in, float* dst) {
+  constexpr int kBlock = 2 * V::kWidth;
+  int64_t k = 0;
+  for (; k + kBlock <= in; k += kBlock) {
+    for (int j = 0; j < V::kWidth; ++j) {
+      dst[k + j] = x[k + 2 * j];
+      dst[k + V::kWidth + j] = x[k + 2 * j + 1];
+    }
+  }
+  for (; k < in; ++k) dst[k] = x[k];
+}
+
+template <class V, int kRows>
+void GemvBf16PairsTile(const GemvArgs& a, int64_t r) {
+  constexpr int kBlock = 2 * V::kWidth, kBlockBytes = kBlock * 2;
+  typename V::F acc[kRows][1];
+  for (int i = 0; i < kRows; ++i) acc[i][0] = V::Zero();
+  const int64_t row_bytes = a.in * 2;
+  const uint8_t* w = static_cast<const uint8_t*>(a.w) + r * row_bytes;
+  int64_t k = 0;
+  for (; k + kBlock <= a.in; k += kBlock) {
+    const uint8_t* wk = w + k * 2;
+    if (kBlockBytes >= 64 || (k * 2) % 64 == 0) {
+      for (int i = 0; i < kRows; ++i) __builtin_prefetch(wk + i * row_bytes + kGemvPrefetchBytes);
+    }
+    const typename V::F xe = V::Load(a.x_pairs + k), xo = V::Load(a.x_pairs + k + V::kWidth);
+    for (int i = 0; i < kRows; ++i) {
+      const auto raw = V::LoadRaw(wk + i * row_bytes);
+      acc[i][0] = V::Fma(V::Bf16Even(raw), xe, acc[i][0]);
+      acc[i][0] = V::Fma(V::Bf16Odd(raw), xo, acc[i][0]);
+    }
+  }
+  // The tail (fewer than 2 * kWidth columns) in x's natural order.
+  for (; k < a.in; k += V::kWidth) {
+    const int n = static_cast<int>(Min<V>(V::kWidth, a.in - k));
+    GemvStep<V, WBf16, kRows, 1, true>(acc, w + k * 2, row_bytes, a.x + k, a.ldx, n);
+  }
+  for (int i = 0; i < kRows; ++i) {
+    const float sum = V::ReduceAdd(acc[i][0]);
+    a.y[r + i] = a.accumulate ? a.y[r + i] + sum : sum;
+  }
+}
+
+template <class W>
+inline constexpr bool kIsBf16 = false;
+template <>
+inline constexpr bool kIsBf16<WBf16> = true;
+
 template <class V, class W>
 void Gemv(const GemvArgs& a, int64_t row_begin, int64_t row_end) {
   int64_t r = row_begin;
+  if constexpr (kIsBf16<W> && HasBf16Pairs<V>) {
+    if (a.num_tokens == 1 && a.x_pairs != nullptr) {
+      for (; r + V::kGemvRowsBf16Pairs <= row_end; r += V::kGemvRowsBf16Pairs) {
+        GemvBf16PairsTile<V, V::kGemvRowsBf16Pairs>(a, r);
+      }
+      for (; r < row_end; ++r) GemvBf16PairsTile<V, 1>(a, r);
+      return;
+    }
+  }
   if (a.num_tokens == 1) {
     for (; r + V::kGemvRowsT1 <= row_end; r += V::kGemvRowsT1) {
       GemvTile<V, W, V::kGemvRowsT1, 1>(a, r, 0);
@@ -415,6 +494,7 @@ SimdKernels MakeKernels(const char* name) {
       .widen = {&Widen<V, WF32>, &Widen<V, WF16>, &Widen<V, WBf16>},
       .pack_w = {&PackW<V, WF32>, &PackW<V, WF16>, &PackW<V, WBf16>},
       .pack_x = &PackX<V>,
+      .pair_x = HasBf16Pairs<V> ? &PairX<V> : nullptr,
       .gemm_kernel = &GemmKernel<V>,
       .gemm_mr = V::kGemmMr,
       .gemm_nr = V::kGemmNrVecs * V::kWidth,
