@@ -4,6 +4,16 @@
 
 namespace cmoe::kernels {
 
+absl::Status ValidateEmbedding(const WeightView& table, std::span<const int32_t> ids) {
+  for (int32_t id : ids) {
+    if (id < 0 || id >= table.rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Embedding: token id ", id, " outside the vocabulary of ", table.rows));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateAttention(const AttentionParams& p) {
   const PagedKvLayer& c = p.cache;
   if (p.q == nullptr || p.out == nullptr || c.k == nullptr || c.v == nullptr) {
@@ -18,9 +28,9 @@ absl::Status ValidateAttention(const AttentionParams& p) {
   for (size_t i = 0; i < p.sequences.size(); ++i) {
     const AttentionSequence& s = p.sequences[i];
     if (s.num_tokens < 0 || s.first_row < 0 || s.first_row + s.num_tokens > p.num_rows) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Attention: sequence ", i, " rows [", s.first_row, ", ",
-                       s.first_row + s.num_tokens, ") outside the batch of ", p.num_rows));
+      return absl::InvalidArgumentError(absl::StrCat("Attention: sequence ", i, " rows [",
+                                                     s.first_row, ", ", s.first_row + s.num_tokens,
+                                                     ") outside the batch of ", p.num_rows));
     }
     if (s.context_len < s.num_tokens) {
       return absl::InvalidArgumentError(absl::StrCat("Attention: sequence ", i, " context_len ",

@@ -54,8 +54,8 @@ struct AttentionParams {
   int32_t n_heads = 0;       // query heads; a multiple of the cache's n_kv_heads (GQA)
   float scale = 0.0f;        // usually 1/sqrt(head_dim)
   std::span<const AttentionSequence> sequences;
-  PagedKvLayer cache;        // read
-  float* out = nullptr;      // (T, n_heads, head_dim) f32, written
+  PagedKvLayer cache;    // read
+  float* out = nullptr;  // (T, n_heads, head_dim) f32, written
 };
 
 enum class Accumulate { kNo, kYes };
@@ -101,6 +101,9 @@ class Backend {
   // untouched.
   virtual absl::Status Attention(const AttentionParams& params) = 0;
 };
+
+// Validation shared by every backend's Embedding: every id inside [0, table.rows).
+absl::Status ValidateEmbedding(const WeightView& table, std::span<const int32_t> ids);
 
 // Validation shared by every backend's Attention: shapes, GQA divisibility, row ranges and block
 // tables that cover each sequence's context.

@@ -67,12 +67,7 @@ class CpuBackend final : public Backend {
 
   absl::Status Embedding(const WeightView& table, std::span<const int32_t> ids,
                          float* out) override {
-    for (size_t t = 0; t < ids.size(); ++t) {
-      if (ids[t] < 0 || ids[t] >= table.rows) {
-        return absl::InvalidArgumentError(absl::StrCat("Embedding: token id ", ids[t],
-                                                       " outside the vocabulary of ", table.rows));
-      }
-    }
+    if (absl::Status s = ValidateEmbedding(table, ids); !s.ok()) return s;
     for (size_t t = 0; t < ids.size(); ++t) {
       k_.widen[WeightIndex(table)](table.Row(ids[t]).data, table.cols,
                                    out + static_cast<int64_t>(t) * table.cols);

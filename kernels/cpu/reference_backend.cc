@@ -14,12 +14,7 @@ class ReferenceBackend final : public Backend {
 
   absl::Status Embedding(const WeightView& table, std::span<const int32_t> ids,
                          float* out) override {
-    for (size_t t = 0; t < ids.size(); ++t) {
-      if (ids[t] < 0 || ids[t] >= table.rows) {
-        return absl::InvalidArgumentError(absl::StrCat("Embedding: token id ", ids[t],
-                                                       " outside the vocabulary of ", table.rows));
-      }
-    }
+    if (absl::Status s = ValidateEmbedding(table, ids); !s.ok()) return s;
     for (size_t t = 0; t < ids.size(); ++t) {
       for (int64_t c = 0; c < table.cols; ++c) out[t * table.cols + c] = table.At(ids[t], c);
     }

@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <mutex>
 
 #include "common/logging.h"
 #include "common/mapped_file.h"
@@ -13,38 +15,57 @@
 namespace cmoe::testing {
 namespace {
 
-std::string ConvertedDir(const std::string& root, const std::string& model, const std::string& bin,
-                         const std::string& tok) {
-  const std::string out = root + "/" + model;
-  const absl::Status status =
-      engine::ConvertLlama2c({.model_path = SharedModel(model) + "/" + bin,
-                              .tokenizer_path = SharedModel(model) + "/" + tok,
-                              .out_dir = out});
-  CMOE_CHECK(status.ok()) << "converting " << model << ": " << status;
-  return out;
+struct Llama2cFiles {
+  const char* bin;
+  const char* tokenizer;
+};
+
+const std::map<std::string, Llama2cFiles>& Llama2cModels() {
+  static const auto* models = new std::map<std::string, Llama2cFiles>{
+      {"stories260K", {"stories260K.bin", "tok512.model"}},
+      {"babyllama-tok105", {"model5000.bin", "tok105.model"}}};
+  return *models;
+}
+
+// The scratch root for converted models, removed at exit (a few MB).
+const std::string& ScratchRoot() {
+  static const std::string* root = [] {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string path =
+        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/cmoe_shared_models_XXXXXX";
+    CMOE_CHECK(::mkdtemp(path.data()) != nullptr) << path;
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(ScratchRoot(), ec);
+    });
+    return new std::string(path);
+  }();
+  return *root;
 }
 
 }  // namespace
 
-const std::vector<SharedModelDir>& SharedModelDirs() {
-  static const std::vector<SharedModelDir>* dirs = [] {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string root =
-        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/cmoe_shared_models_XXXXXX";
-    CMOE_CHECK(::mkdtemp(root.data()) != nullptr);
-    // Removed at exit: the converted models are small (a few MB).
-    static const std::string cleanup_root = root;
-    std::atexit([] {
-      std::error_code ec;
-      std::filesystem::remove_all(cleanup_root, ec);
-    });
-    return new std::vector<SharedModelDir>{
-        {"stories260K", ConvertedDir(root, "stories260K", "stories260K.bin", "tok512.model")},
-        {"tinystories-656k", SharedModel("tinystories-656k")},
-        {"babyllama-tok105",
-         ConvertedDir(root, "babyllama-tok105", "model5000.bin", "tok105.model")}};
-  }();
-  return *dirs;
+const std::vector<std::string>& SharedModelNames() {
+  static const auto* names =
+      new std::vector<std::string>{"stories260K", "tinystories-656k", "babyllama-tok105"};
+  return *names;
+}
+
+absl::StatusOr<std::string> SharedModelDir(const std::string& name) {
+  static std::mutex mutex;
+  static auto* converted = new std::map<std::string, std::string>();
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto llama2c = Llama2cModels().find(name);
+  if (llama2c == Llama2cModels().end()) return SharedModel(name);
+  if (const auto it = converted->find(name); it != converted->end()) return it->second;
+  const std::string out = ScratchRoot() + "/" + name;
+  const absl::Status status =
+      engine::ConvertLlama2c({.model_path = SharedModel(name) + "/" + llama2c->second.bin,
+                              .tokenizer_path = SharedModel(name) + "/" + llama2c->second.tokenizer,
+                              .out_dir = out});
+  if (!status.ok()) return status;
+  converted->emplace(name, out);
+  return out;
 }
 
 std::string TinyStoriesSample(size_t bytes) {

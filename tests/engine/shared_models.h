@@ -1,24 +1,23 @@
 // The three shared tiny models as Hugging Face directories, for tests: tinystories-656k is used
-// where it lies; stories260K and babyllama-tok105 are converted from llama2.c once per test binary
-// into a scratch directory.
+// where it lies; stories260K and babyllama-tok105 are converted from llama2.c on first use into a
+// scratch directory that lives until the test binary exits.
 #ifndef CMOE_TESTS_ENGINE_SHARED_MODELS_H_
 #define CMOE_TESTS_ENGINE_SHARED_MODELS_H_
 
-#include <ostream>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+
 namespace cmoe::testing {
 
-struct SharedModelDir {
-  std::string name;  // "stories260K", "tinystories-656k", "babyllama-tok105"
-  std::string dir;   // a loadable Hugging Face directory
-};
+// "stories260K", "tinystories-656k", "babyllama-tok105". Cheap: touches no file, so test
+// discovery (gtest_list_tests) works even where ../shared is missing.
+const std::vector<std::string>& SharedModelNames();
 
-inline void PrintTo(const SharedModelDir& model, std::ostream* os) { *os << model.name; }
-
-// All three; converts on the first call (aborts the binary if the conversion fails).
-const std::vector<SharedModelDir>& SharedModelDirs();
+// A loadable Hugging Face directory of the shared model `name`; converts it on the first call.
+// NotFound (naming the file) when ../shared lacks the model.
+absl::StatusOr<std::string> SharedModelDir(const std::string& name);
 
 // A few lines of TinyStories validation text (the first `bytes` bytes, cut at a space).
 std::string TinyStoriesSample(size_t bytes);
