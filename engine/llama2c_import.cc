@@ -14,6 +14,7 @@
 #include "common/status.h"
 #include "engine/checkpoint.h"
 #include "engine/model_config.h"
+#include "engine/protobuf_wire.h"
 #include "engine/safetensors_writer.h"
 #include "engine/staged_output_dir.h"
 #include "nlohmann/json.hpp"
@@ -195,81 +196,25 @@ struct SpModel {
   int64_t unk_id = -1;
 };
 
-class WireReader {
- public:
-  explicit WireReader(std::string_view data) : data_(data) {}
-  bool done() const { return pos_ >= data_.size(); }
-
-  bool Varint(uint64_t& v) {
-    v = 0;
-    for (int shift = 0; shift < 64 && pos_ < data_.size(); shift += 7) {
-      const auto byte = static_cast<uint8_t>(data_[pos_++]);
-      v |= static_cast<uint64_t>(byte & 0x7f) << shift;
-      if ((byte & 0x80) == 0) return true;
-    }
-    return false;
-  }
-
-  // The next field: its number, and its payload for length-delimited fields or its value for
-  // varints; other wire types are skipped. False on malformed input.
-  bool Next(uint64_t& field, std::string_view& payload, uint64_t& value) {
-    uint64_t tag = 0;
-    if (!Varint(tag)) return false;
-    field = tag >> 3;
-    payload = {};
-    switch (tag & 7) {
-      case 0:
-        return Varint(value);
-      case 1:
-        return Skip(8);
-      case 5:
-        return Skip(4);
-      case 2: {
-        uint64_t n = 0;
-        if (!Varint(n) || n > data_.size() - pos_) return false;
-        payload = data_.substr(pos_, n);
-        pos_ += n;
-        return true;
-      }
-      default:
-        return false;
-    }
-  }
-
- private:
-  bool Skip(size_t n) {
-    if (n > data_.size() - pos_) return false;
-    pos_ += n;
-    return true;
-  }
-
-  std::string_view data_;
-  size_t pos_ = 0;
-};
-
 absl::StatusOr<SpModel> ParseSentencePiece(std::string_view proto, const std::string& path) {
   const absl::Status bad = absl::InvalidArgumentError(
       absl::StrCat("tokenizer ", path, ": not a SentencePiece model (malformed protobuf)"));
   SpModel model;
-  WireReader top(proto);
-  uint64_t field = 0, value = 0;
-  std::string_view payload;
-  while (!top.done()) {
-    if (!top.Next(field, payload, value)) return bad;
-    if (field != 1 || payload.data() == nullptr) continue;
-    WireReader piece(payload);
+  size_t pos = 0;
+  while (std::optional<WireField> field = ReadWireField(proto, &pos)) {
+    if (field->number != 1 || field->wire_type != kWireLengthDelimited) continue;
     std::string text;
     uint64_t type = 1;  // NORMAL
-    while (!piece.done()) {
-      uint64_t f = 0, v = 0;
-      std::string_view p;
-      if (!piece.Next(f, p, v)) return bad;
-      if (f == 1) text = std::string(p);
-      if (f == 3) type = v;
+    size_t inner = 0;
+    while (std::optional<WireField> f = ReadWireField(field->payload, &inner)) {
+      if (f->number == 1 && f->wire_type == kWireLengthDelimited) text = std::string(f->payload);
+      if (f->number == 3 && f->wire_type == kWireVarint) type = f->varint;
     }
+    if (inner != field->payload.size()) return bad;
     if (type == 2 && model.unk_id < 0) model.unk_id = static_cast<int64_t>(model.pieces.size());
     model.pieces.push_back(std::move(text));
   }
+  if (pos != proto.size()) return bad;
   if (model.pieces.size() < 3) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tokenizer ", path, ": not a SentencePiece model (", model.pieces.size(), " pieces)"));

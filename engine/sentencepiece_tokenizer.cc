@@ -13,80 +13,25 @@
 
 #include "common/mapped_file.h"
 #include "common/status.h"
+#include "engine/protobuf_wire.h"
 #include "engine/utf8.h"
 
 namespace cmoe::engine {
 namespace {
 
-// Protobuf wire format, just enough to reach ModelProto.normalizer_spec (field 3) and its
-// add_dummy_prefix (field 3, a varint) without the generated sentencepiece_model.pb.h, which
-// Debian does not ship.
+// ModelProto.normalizer_spec (field 3) and its add_dummy_prefix (field 3, a varint).
 constexpr uint32_t kNormalizerSpecField = 3;
 constexpr uint32_t kAddDummyPrefixField = 3;
-constexpr uint32_t kVarint = 0;
-constexpr uint32_t kLengthDelimited = 2;
-
-std::optional<uint64_t> ReadVarint(std::string_view data, size_t* pos) {
-  uint64_t value = 0;
-  for (int shift = 0; shift < 64 && *pos < data.size(); shift += 7) {
-    const auto byte = static_cast<uint8_t>(data[(*pos)++]);
-    value |= static_cast<uint64_t>(byte & 0x7F) << shift;
-    if ((byte & 0x80) == 0) return value;
-  }
-  return std::nullopt;
-}
-
-void AppendVarint(uint64_t value, std::string* out) {
-  while (value >= 0x80) {
-    out->push_back(static_cast<char>((value & 0x7F) | 0x80));
-    value >>= 7;
-  }
-  out->push_back(static_cast<char>(value));
-}
-
-struct WireField {
-  uint32_t number = 0;
-  uint32_t wire_type = 0;
-  uint64_t varint = 0;       // wire type 0
-  std::string_view payload;  // wire type 2
-};
-
-// Reads the field at *pos and advances past it; nullopt on malformed data or groups.
-std::optional<WireField> ReadField(std::string_view data, size_t* pos) {
-  const std::optional<uint64_t> key = ReadVarint(data, pos);
-  if (!key) return std::nullopt;
-  WireField field;
-  field.number = static_cast<uint32_t>(*key >> 3);
-  field.wire_type = static_cast<uint32_t>(*key & 7);
-  if (field.wire_type == kVarint) {
-    const std::optional<uint64_t> value = ReadVarint(data, pos);
-    if (!value) return std::nullopt;
-    field.varint = *value;
-    return field;
-  }
-  size_t size = field.wire_type == 1 ? 8 : field.wire_type == 5 ? 4 : 0;
-  if (field.wire_type == kLengthDelimited) {
-    const std::optional<uint64_t> length = ReadVarint(data, pos);
-    if (!length) return std::nullopt;
-    size = *length;
-  } else if (size == 0) {
-    return std::nullopt;
-  }
-  if (size > data.size() - *pos) return std::nullopt;
-  field.payload = data.substr(*pos, size);
-  *pos += size;
-  return field;
-}
 
 // The model's add_dummy_prefix: the last occurrence wins; the proto default is true.
 bool ReadAddDummyPrefix(std::string_view model) {
   bool value = true;
   size_t pos = 0;
-  while (std::optional<WireField> field = ReadField(model, &pos)) {
-    if (field->number != kNormalizerSpecField || field->wire_type != kLengthDelimited) continue;
+  while (std::optional<WireField> field = ReadWireField(model, &pos)) {
+    if (field->number != kNormalizerSpecField || field->wire_type != kWireLengthDelimited) continue;
     size_t inner = 0;
-    while (std::optional<WireField> spec = ReadField(field->payload, &inner)) {
-      if (spec->number == kAddDummyPrefixField && spec->wire_type == kVarint) {
+    while (std::optional<WireField> spec = ReadWireField(field->payload, &inner)) {
+      if (spec->number == kAddDummyPrefixField && spec->wire_type == kWireVarint) {
         value = spec->varint != 0;
       }
     }
@@ -98,17 +43,17 @@ bool ReadAddDummyPrefix(std::string_view model) {
 // normalizer_spec holding just that field when there is none.
 absl::StatusOr<std::string> WithAddDummyPrefix(std::string_view model, bool value,
                                                const std::string& path) {
-  const std::string flag = {static_cast<char>(kAddDummyPrefixField << 3 | kVarint),
+  const std::string flag = {static_cast<char>(kAddDummyPrefixField << 3 | kWireVarint),
                             static_cast<char>(value ? 1 : 0)};
-  const char spec_tag = static_cast<char>(kNormalizerSpecField << 3 | kLengthDelimited);
+  const char spec_tag = static_cast<char>(kNormalizerSpecField << 3 | kWireLengthDelimited);
   std::string out;
   bool found = false;
   size_t pos = 0;
   while (pos < model.size()) {
     const size_t begin = pos;
-    const std::optional<WireField> field = ReadField(model, &pos);
+    const std::optional<WireField> field = ReadWireField(model, &pos);
     if (!field) return absl::InvalidArgumentError(path + ": not a SentencePiece model");
-    if (field->number != kNormalizerSpecField || field->wire_type != kLengthDelimited) {
+    if (field->number != kNormalizerSpecField || field->wire_type != kWireLengthDelimited) {
       out.append(model.substr(begin, pos - begin));
       continue;
     }
