@@ -10,11 +10,12 @@ BUILD_DIR=${BUILD_DIR:-build}
 PROMPT=${1:-Once upon a time}
 SHARED=../shared/models/stories260K
 
-if [ ! -x "$BUILD_DIR/bin/cmoe-generate" ] || [ ! -x "$BUILD_DIR/bin/cmoe-convert" ]; then
+# Configure once; the build itself is incremental (a no-op when nothing changed).
+if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   scripts/install-deps.sh
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
-  cmake --build "$BUILD_DIR" -j "$(nproc)" --target cmoe-generate cmoe-convert
 fi
+cmake --build "$BUILD_DIR" -j "$(nproc)" --target cmoe-generate cmoe-convert >&2
 
 if [ -n "${CMOE_MODEL:-}" ]; then
   MODEL=$CMOE_MODEL
