@@ -11,3 +11,9 @@ endif()
 if(CMOE_BUILD_BENCHMARKS)
   find_package(benchmark CONFIG REQUIRED)
 endif()
+# LEMON (network simplex for the carving's balanced assignment). Its config file sets variables
+# only; wrap them in a target.
+find_package(lemon CONFIG REQUIRED)
+add_library(cmoe::lemon INTERFACE IMPORTED)
+target_include_directories(cmoe::lemon INTERFACE ${LEMON_INCLUDE_DIRS})
+target_link_libraries(cmoe::lemon INTERFACE ${LEMON_LIBRARIES})

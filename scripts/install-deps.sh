@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
-  libabsl-dev nlohmann-json3-dev libsentencepiece-dev
+  libabsl-dev nlohmann-json3-dev libsentencepiece-dev liblemon-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 clang-format
 )
