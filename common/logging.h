@@ -49,18 +49,18 @@ struct LogVoidify {
 #define CMOE_LOG_SEVERITY_ERROR ::cmoe::LogSeverity::kError
 #define CMOE_LOG_SEVERITY_FATAL ::cmoe::LogSeverity::kFatal
 
-#define CMOE_LOG(severity)                                                  \
-  (CMOE_LOG_SEVERITY_##severity < ::cmoe::MinLogSeverity())                 \
-      ? (void)0                                                             \
-      : ::cmoe::internal::LogVoidify() &                                    \
+#define CMOE_LOG(severity)                                                                 \
+  (CMOE_LOG_SEVERITY_##severity < ::cmoe::MinLogSeverity())                                \
+      ? (void)0                                                                            \
+      : ::cmoe::internal::LogVoidify() &                                                   \
             ::cmoe::internal::LogMessage(CMOE_LOG_SEVERITY_##severity, __FILE__, __LINE__) \
                 .stream()
 
-#define CMOE_CHECK(cond)                                                                  \
-  (cond) ? (void)0                                                                        \
-         : ::cmoe::internal::LogVoidify() &                                               \
-               ::cmoe::internal::LogMessage(::cmoe::LogSeverity::kFatal, __FILE__, __LINE__) \
-                       .stream()                                                          \
-                   << "Check failed: " #cond " "
+#define CMOE_CHECK(cond)                                                                           \
+  (cond)                                                                                           \
+      ? (void)0                                                                                    \
+      : ::cmoe::internal::LogVoidify() &                                                           \
+            ::cmoe::internal::LogMessage(::cmoe::LogSeverity::kFatal, __FILE__, __LINE__).stream() \
+                << "Check failed: " #cond " "
 
 #endif  // CMOE_COMMON_LOGGING_H_

@@ -19,10 +19,10 @@
 #define CMOE_STATUS_CONCAT_(a, b) CMOE_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define CMOE_RETURN_IF_ERROR(expr)                  \
-  do {                                              \
-    ::absl::Status cmoe_status_ = (expr);           \
-    if (!cmoe_status_.ok()) return cmoe_status_;    \
+#define CMOE_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::absl::Status cmoe_status_ = (expr);        \
+    if (!cmoe_status_.ok()) return cmoe_status_; \
   } while (false)
 
 // `lhs` = value of `rexpr` (an absl::StatusOr<T>), or returns its error.

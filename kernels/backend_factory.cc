@@ -16,8 +16,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
     return absl::UnavailableError(absl::StrCat(
         "--device ", options.device, ": this build has no CUDA backend; use --device cpu"));
   }
-  return absl::InvalidArgumentError(absl::StrCat("--device '", options.device,
-                                                 "' is not one of cpu, reference, cuda[:N]"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--device '", options.device, "' is not one of cpu, reference, cuda[:N]"));
 }
 
 }  // namespace cmoe::kernels

@@ -32,11 +32,11 @@ float WeightView::At(int64_t r, int64_t c) const {
 }
 
 WeightView WeightView::Row(int64_t r) const {
-  return WeightView{.data = static_cast<const uint8_t*>(data) +
-                            r * cols * static_cast<int64_t>(DTypeSize(dtype)),
-                    .dtype = dtype,
-                    .rows = 1,
-                    .cols = cols};
+  return WeightView{
+      .data = static_cast<const uint8_t*>(data) + r * cols * static_cast<int64_t>(DTypeSize(dtype)),
+      .dtype = dtype,
+      .rows = 1,
+      .cols = cols};
 }
 
 }  // namespace cmoe::kernels

@@ -9,7 +9,7 @@ namespace cmoe::testing {
 // ../shared relative to the source tree (CMOE_SHARED_DIR in the environment overrides it).
 std::string SharedDir();
 std::string SharedModel(const std::string& name);  // SharedDir()/models/<name>
-std::string SharedData(const std::string& name);    // SharedDir()/data/<name>
+std::string SharedData(const std::string& name);   // SharedDir()/data/<name>
 
 // A fresh empty directory under $TMPDIR (or /tmp) named after the running test; removed with its
 // contents when the object dies.

@@ -25,7 +25,7 @@ TEST(HalfTest, F16MatchesKnownEncodings) {
   EXPECT_EQ(FloatToF16(1.0f), 0x3c00);
   EXPECT_EQ(FloatToF16(-2.0f), 0xc000);
   EXPECT_EQ(FloatToF16(65504.0f), 0x7bff);
-  EXPECT_EQ(FloatToF16(1e6f), 0x7c00);                   // overflow -> inf
+  EXPECT_EQ(FloatToF16(1e6f), 0x7c00);                    // overflow -> inf
   EXPECT_EQ(FloatToF16(5.960464477539063e-08f), 0x0001);  // smallest subnormal
   EXPECT_EQ(F16ToFloat(0x0001), 5.960464477539063e-08f);
   EXPECT_EQ(F16ToFloat(0x3555), 0.333251953125f);
