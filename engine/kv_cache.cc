@@ -27,10 +27,9 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
   cache->layer_stride_ =
       options.num_blocks * options.block_size * config.num_key_value_heads * config.head_dim;
   const int64_t floats = cache->layer_stride_ * config.num_hidden_layers;
-  try {
-    cache->k_.assign(static_cast<size_t>(floats), 0.0f);
-    cache->v_.assign(static_cast<size_t>(floats), 0.0f);
-  } catch (const std::bad_alloc&) {
+  cache->k_.reset(new (std::nothrow) float[static_cast<size_t>(floats)]);
+  cache->v_.reset(new (std::nothrow) float[static_cast<size_t>(floats)]);
+  if (cache->k_ == nullptr || cache->v_ == nullptr) {
     return absl::ResourceExhaustedError(
         absl::StrCat("KV cache: cannot allocate ", 2 * floats * 4, " bytes"));
   }
@@ -42,8 +41,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
 }
 
 kernels::PagedKvLayer KvCache::Layer(int64_t layer) {
-  return kernels::PagedKvLayer{.k = k_.data() + layer * layer_stride_,
-                               .v = v_.data() + layer * layer_stride_,
+  return kernels::PagedKvLayer{.k = k_.get() + layer * layer_stride_,
+                               .v = v_.get() + layer * layer_stride_,
                                .num_blocks = num_blocks_,
                                .block_size = block_size_,
                                .n_kv_heads = n_kv_heads_,

@@ -70,9 +70,12 @@ class KvCache {
   int64_t num_layers_ = 0;
   int32_t n_kv_heads_ = 0;
   int32_t head_dim_ = 0;
-  int64_t layer_stride_ = 0;   // floats per layer for k (and for v)
-  std::vector<float> k_;       // (layers, num_blocks * block_size, n_kv_heads, head_dim)
-  std::vector<float> v_;       // same
+  int64_t layer_stride_ = 0;  // floats per layer for k (and for v)
+  // (layers, num_blocks * block_size, n_kv_heads, head_dim). Left uninitialised: a position is
+  // always written before attention reads it, and untouched pages cost no memory, so a pool sized
+  // for a full context only takes what sequences use.
+  std::unique_ptr<float[]> k_;
+  std::unique_ptr<float[]> v_;
   std::vector<int32_t> free_;  // free block indices, used as a stack
 };
 
