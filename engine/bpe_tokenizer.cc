@@ -43,14 +43,28 @@ absl::StatusOr<Json> ReadJsonFile(const std::string& path) {
   return json;
 }
 
-absl::Status ParseVocab(const Json& model, std::string_view path, Spec* spec) {
+// Token ids are dense: every id of a valid file is below the number of vocab and added entries.
+// Checking that before sizing any table keeps a corrupt id from allocating gigabytes.
+int64_t IdLimit(const Json& root) {
+  int64_t limit = 0;
+  if (const auto model = root.find("model"); model != root.end() && model->is_object()) {
+    if (const auto vocab = model->find("vocab"); vocab != model->end()) limit += vocab->size();
+  }
+  if (const auto added = root.find("added_tokens"); added != root.end() && added->is_array()) {
+    limit += static_cast<int64_t>(added->size());
+  }
+  return limit;
+}
+
+absl::Status ParseVocab(const Json& model, std::string_view path, int64_t id_limit, Spec* spec) {
   const auto vocab = model.find("vocab");
   if (vocab == model.end() || !vocab->is_object()) {
     return Invalid(path, "model.vocab is missing or not an object");
   }
   for (const auto& [piece, id] : vocab->items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 30)) {
-      return Invalid(path, "model.vocab[\"" + piece + "\"] is not a valid id");
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= id_limit) {
+      return Invalid(path, "model.vocab[\"" + piece + "\"] is not a valid id (ids run from 0 to " +
+                               std::to_string(id_limit - 1) + ")");
     }
     const auto index = id.get<int32_t>();
     if (spec->pieces.size() <= static_cast<size_t>(index)) spec->pieces.resize(index + 1);
@@ -114,7 +128,7 @@ absl::Status ParseModel(const Json& root, std::string_view path, Spec* spec) {
       return Invalid(path, std::string("unsupported BPE option model.") + key);
     }
   }
-  CMOE_RETURN_IF_ERROR(ParseVocab(*model, path, spec));
+  CMOE_RETURN_IF_ERROR(ParseVocab(*model, path, IdLimit(root), spec));
   CMOE_RETURN_IF_ERROR(ParseMerges(*model, path, spec));
   spec->byte_fallback = BoolOr(*model, "byte_fallback", false);
   spec->fuse_unk = BoolOr(*model, "fuse_unk", false);
@@ -128,7 +142,8 @@ absl::Status ParseModel(const Json& root, std::string_view path, Spec* spec) {
   return absl::OkStatus();
 }
 
-absl::Status ParseAddedTokens(const Json& root, std::string_view path, Spec* spec) {
+absl::Status ParseAddedTokens(const Json& root, std::string_view path, int64_t id_limit,
+                              Spec* spec) {
   const auto added = root.find("added_tokens");
   if (added == root.end() || added->is_null()) return absl::OkStatus();
   if (!added->is_array()) return Invalid(path, "added_tokens is not an array");
@@ -136,7 +151,7 @@ absl::Status ParseAddedTokens(const Json& root, std::string_view path, Spec* spe
     const auto id = token.find("id");
     const auto content = token.find("content");
     if (id == token.end() || !id->is_number_integer() || id->get<int64_t>() < 0 ||
-        id->get<int64_t>() > (1 << 30) || content == token.end() || !content->is_string()) {
+        id->get<int64_t>() >= id_limit || content == token.end() || !content->is_string()) {
       return Invalid(path, "an added_tokens entry lacks a valid id or content");
     }
     const BpeTokenizer::AddedToken entry{content->get<std::string>(), id->get<int32_t>(),
@@ -259,7 +274,7 @@ absl::StatusOr<Spec> ParseSpec(const Json& root, std::string_view path) {
   if (!root.is_object()) return Invalid(path, "not a JSON object");
   Spec spec;
   CMOE_RETURN_IF_ERROR(ParseModel(root, path, &spec));
-  CMOE_RETURN_IF_ERROR(ParseAddedTokens(root, path, &spec));
+  CMOE_RETURN_IF_ERROR(ParseAddedTokens(root, path, IdLimit(root), &spec));
   CMOE_RETURN_IF_ERROR(ParseNormalizer(root.value("normalizer", Json()), path, &spec));
   CMOE_RETURN_IF_ERROR(ParsePreTokenizer(root.value("pre_tokenizer", Json()), path, &spec));
   CMOE_RETURN_IF_ERROR(ParsePostProcessor(root.value("post_processor", Json()), path, &spec));

@@ -13,10 +13,15 @@ int64_t KvCache::BytesPerBlock(const ModelConfig& config, int32_t block_size) {
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config,
                                                          const KvCacheOptions& options) {
-  if (options.block_size <= 0 || options.num_blocks <= 0 || options.num_blocks > INT32_MAX) {
+  if (options.block_size <= 0 || options.num_blocks <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache: block_size ", options.block_size,
                                                    " and num_blocks ", options.num_blocks,
                                                    " must be positive"));
+  }
+  if (options.num_blocks > INT32_MAX / options.block_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache: ", options.num_blocks, " blocks of ", options.block_size,
+                     " positions exceed 2^31 - 1 slots; use a smaller cache"));
   }
   std::unique_ptr<KvCache> cache(new KvCache());
   cache->block_size_ = options.block_size;

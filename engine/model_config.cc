@@ -12,6 +12,8 @@
 namespace cmoe::engine {
 namespace {
 
+constexpr int64_t kMaxSize = int64_t{1} << 24;
+
 using Json = nlohmann::json;
 
 // Reads typed keys of one config object; every error names the file and the key.
@@ -74,8 +76,10 @@ class ConfigReader {
       return Error(key, absl::StrCat("expected an integer, got ", v.dump()));
     }
     const int64_t n = v.get<int64_t>();
-    if (n <= 0 || n > (int64_t{1} << 40)) {
-      return Error(key, absl::StrCat("must be a positive size, got ", n));
+    // 2^24 bounds every real model (the largest vocabularies are ~2^18) and keeps products of
+    // sizes, positions and cache slots far from overflow.
+    if (n <= 0 || n > kMaxSize) {
+      return Error(key, absl::StrCat("must be a positive size up to ", kMaxSize, ", got ", n));
     }
     return n;
   }

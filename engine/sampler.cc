@@ -74,9 +74,13 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
   if (params_.temperature == 0.0f) {
     return static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
   }
+  // Scaled relative to the best logit, in double: a tiny temperature must sharpen the
+  // distribution towards greedy, not overflow to inf (and NaN probabilities).
+  const double best = *std::max_element(work_.begin(), work_.end());
   cands_.clear();
   for (size_t i = 0; i < work_.size(); ++i) {
-    cands_.emplace_back(work_[i] / params_.temperature, static_cast<int32_t>(i));
+    const double scaled = (work_[i] - best) / static_cast<double>(params_.temperature);
+    cands_.emplace_back(static_cast<float>(std::max(scaled, -1e30)), static_cast<int32_t>(i));
   }
   return SampleFromCandidates();
 }

@@ -23,9 +23,17 @@ absl::Status CheckTarget(const std::string& out_dir, bool force) {
     return absl::FailedPreconditionError(
         absl::StrCat("output path ", out_dir, " exists and is not a directory"));
   }
-  if (!force && !fs::is_empty(out_dir, ec)) {
+  if (fs::is_empty(out_dir, ec)) return absl::OkStatus();
+  if (!force) {
     return absl::AlreadyExistsError(absl::StrCat(
         "output directory ", out_dir, " exists and is not empty (use --force to replace it)"));
+  }
+  // --force replaces a checkpoint, never an arbitrary directory (think --out $HOME).
+  if (!fs::exists(fs::path(out_dir) / "config.json", ec)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("refusing to replace ", out_dir,
+                     " even with --force: it is not empty and holds no config.json, so it does "
+                     "not look like a model directory"));
   }
   return absl::OkStatus();
 }

@@ -16,9 +16,10 @@ namespace cmoe::engine {
 
 class StagedOutputDir {
  public:
-  // Refuses an existing non-empty `out_dir` unless `force` (AlreadyExists), and a path that
-  // exists but is not a directory (FailedPrecondition). Creates missing parents and the staging
-  // directory `out_dir`.tmp-XXXXXX beside it.
+  // Refuses an existing non-empty `out_dir` unless `force` (AlreadyExists); even with `force`,
+  // a non-empty directory without config.json (it does not look like a checkpoint: think
+  // --out $HOME) and a path that exists but is not a directory (FailedPrecondition). Creates
+  // missing parents and the staging directory `out_dir`.tmp-XXXXXX beside it.
   static absl::StatusOr<std::unique_ptr<StagedOutputDir>> Create(const std::string& out_dir,
                                                                  bool force);
 

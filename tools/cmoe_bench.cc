@@ -54,7 +54,9 @@ absl::StatusOr<engine::LoadedModel> Load(int64_t cache_tokens) {
 
 std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(3, static_cast<int32_t>(vocab - 1));
+  // Ids from 3 skip the usual <unk>/BOS/EOS; tiny vocabularies use every id.
+  const auto last = static_cast<int32_t>(vocab - 1);
+  std::uniform_int_distribution<int32_t> dist(std::min(3, last), last);
   std::vector<int32_t> ids(static_cast<size_t>(n));
   for (int32_t& id : ids) id = dist(rng);
   return ids;

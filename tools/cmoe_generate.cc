@@ -93,9 +93,9 @@ absl::Status Run() {
       return;
     }
     text += *piece;
-    if (!json) std::fputs(piece->c_str(), stdout), std::fflush(stdout);
+    if (!json) std::fwrite(piece->data(), 1, piece->size(), stdout), std::fflush(stdout);
   };
-  if (!json) std::fputs(prompt_text.c_str(), stdout), std::fflush(stdout);
+  if (!json) std::fwrite(prompt_text.data(), 1, prompt_text.size(), stdout), std::fflush(stdout);
   CMOE_ASSIGN_OR_RETURN(engine::GenerateResult result,
                         engine::GenerateTokens(*m.model, *m.cache, prompt, options));
   CMOE_RETURN_IF_ERROR(stream_status);
@@ -104,7 +104,8 @@ absl::Status Run() {
   if (json) {
     PrintJson(text, prompt, result);
   } else {
-    std::printf("%s\n", rest.c_str());
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    std::fputc('\n', stdout);
   }
   return absl::OkStatus();
 }
@@ -113,9 +114,15 @@ absl::Status Run() {
 }  // namespace cmoe::tools
 
 int main(int argc, char** argv) {
-  cmoe::tools::ParseToolFlags(argc, argv,
-                              "cmoe-generate --model DIR --prompt TEXT [--max-new-tokens N] "
-                              "[--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]");
+  const std::vector<std::string> args =
+      cmoe::tools::ParseToolFlags(argc, argv,
+                                  "cmoe-generate --model DIR --prompt TEXT [--max-new-tokens N] "
+                                  "[--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]");
+  if (!args.empty()) {
+    return cmoe::tools::Fail("cmoe-generate",
+                             absl::InvalidArgumentError("unexpected argument '" + args[0] +
+                                                        "' (the prompt goes in --prompt)"));
+  }
   absl::Status status = cmoe::tools::Run();
   return status.ok() ? 0 : cmoe::tools::Fail("cmoe-generate", status);
 }

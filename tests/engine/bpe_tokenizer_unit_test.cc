@@ -246,6 +246,13 @@ TEST_F(BpeTokenizerUnitTest, MalformedFilesNameTheProblem) {
   json = TinyTokenizer();
   json["added_tokens"][0]["id"] = "zero";
   expect_invalid(Load(json).status(), "added_tokens");
+  // A corrupt id far beyond the table must be rejected, not allocated for.
+  json = TinyTokenizer();
+  json["model"]["vocab"]["huge"] = 1 << 30;
+  expect_invalid(Load(json).status(), "model.vocab[\"huge\"]");
+  json = TinyTokenizer();
+  json["added_tokens"][0]["id"] = 1 << 30;
+  expect_invalid(Load(json).status(), "added_tokens");
   EXPECT_EQ(BpeTokenizer::Open(dir_.Join("missing.json"), {}).status().code(),
             absl::StatusCode::kNotFound);
 }

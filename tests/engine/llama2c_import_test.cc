@@ -470,10 +470,16 @@ TEST_F(Llama2cErrorsTest, RefusesNonEmptyOutputDirUnlessForced) {
   EXPECT_FALSE(std::filesystem::exists(out + "/config.json"));
   ExpectNoLeftovers({"out"});
 
+  // --force replaces a model directory, never an arbitrary one.
   Llama2cConvertOptions forced = options;
   forced.force = true;
+  const absl::Status refused = ConvertLlama2c(forced);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition) << refused;
+  EXPECT_THAT(refused.message(), AllOf(HasSubstr(out), HasSubstr("config.json")));
+  EXPECT_EQ(ReadAll(out + "/keep.txt"), "precious");
+  testing::WriteFile(out + "/config.json", "{}");  // now it looks like an old checkpoint
   ASSERT_TRUE(ConvertLlama2c(forced).ok());
-  EXPECT_TRUE(std::filesystem::exists(out + "/config.json"));
+  EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors"));
   EXPECT_FALSE(std::filesystem::exists(out + "/keep.txt"));
   ExpectNoLeftovers({"out"});
 }

@@ -49,6 +49,13 @@ TEST(SamplerTest, TemperatureSamplingFollowsSoftmax) {
   }
 }
 
+TEST(SamplerTest, TinyTemperatureIsGreedyNotGarbage) {
+  for (float t : {1e-39f, 1e-20f, 1e-6f}) {
+    Sampler sampler({.temperature = t, .seed = 4});
+    for (int i = 0; i < 50; ++i) EXPECT_EQ(sampler.Sample(kLogits, {}, {}), 1) << t;
+  }
+}
+
 TEST(SamplerTest, TopKRestrictsToTheKBest) {
   Sampler sampler({.temperature = 1.0f, .top_k = 2, .seed = 3});
   std::map<int32_t, int> seen;

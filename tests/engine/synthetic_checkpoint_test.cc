@@ -220,10 +220,14 @@ TEST(SynthCheckpointTest, RefusesNonEmptyOutputUnlessForced) {
   EXPECT_TRUE(std::filesystem::exists(dir.Join("keep.txt")));
   EXPECT_FALSE(std::filesystem::exists(dir.Join("config.json")));
 
+  // --force replaces a model directory, never an arbitrary one.
   SynthOptions forced = options;
   forced.force = true;
+  EXPECT_EQ(WriteSyntheticCheckpoint(forced).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(std::filesystem::exists(dir.Join("keep.txt")));
+  testing::WriteFile(dir.Join("config.json"), "{}");
   ASSERT_TRUE(WriteSyntheticCheckpoint(forced).ok());
-  EXPECT_TRUE(std::filesystem::exists(dir.Join("config.json")));
+  EXPECT_TRUE(std::filesystem::exists(dir.Join("model.safetensors")));
   EXPECT_FALSE(std::filesystem::exists(dir.Join("keep.txt")));
 }
 
