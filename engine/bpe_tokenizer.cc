@@ -438,11 +438,7 @@ bool BpeTokenizer::IsSpecial(int32_t id) const {
 }
 
 absl::StatusOr<std::string> BpeTokenizer::TokenBytes(int32_t previous, int32_t id) const {
-  if (id < 0 || id >= vocab_size()) {
-    return absl::InvalidArgumentError("token id " + std::to_string(id) +
-                                      " is outside the vocabulary of " +
-                                      std::to_string(vocab_size()));
-  }
+  CMOE_RETURN_IF_ERROR(CheckTokenId(id));
   std::string bytes = token_bytes_[id];
   const bool at_start = previous == -1 || (bos_id_ >= 0 && previous == bos_id_);
   if (spec_.decode_strip_leading_space && at_start && !bytes.empty() && bytes[0] == ' ') {

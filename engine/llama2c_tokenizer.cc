@@ -147,11 +147,7 @@ absl::StatusOr<std::vector<int32_t>> Llama2cTokenizer::Encode(std::string_view t
 }
 
 absl::StatusOr<std::string> Llama2cTokenizer::TokenBytes(int32_t previous, int32_t id) const {
-  if (id < 0 || id >= vocab_size()) {
-    return absl::InvalidArgumentError("token id " + std::to_string(id) +
-                                      " is outside the vocabulary of " +
-                                      std::to_string(vocab_size()));
-  }
+  CMOE_RETURN_IF_ERROR(CheckTokenId(id));
   if (special_[id]) return std::string();
   if (std::optional<uint8_t> byte = ParseBytePiece(pieces_[id])) {
     return std::string(1, static_cast<char>(*byte));

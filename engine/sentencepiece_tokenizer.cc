@@ -143,11 +143,7 @@ absl::StatusOr<std::vector<int32_t>> SentencePieceTokenizer::Encode(
 }
 
 absl::StatusOr<std::string> SentencePieceTokenizer::TokenBytes(int32_t previous, int32_t id) const {
-  if (id < 0 || id >= vocab_size()) {
-    return absl::InvalidArgumentError("token id " + std::to_string(id) +
-                                      " is outside the vocabulary of " +
-                                      std::to_string(vocab_size()));
-  }
+  CMOE_RETURN_IF_ERROR(CheckTokenId(id));
   std::string bytes = token_bytes_[id];
   const bool at_start = previous == -1 || (bos_id_ >= 0 && previous == bos_id_);
   if (at_start && !bytes.empty() && bytes[0] == ' ' && !with_prefix_->IsByte(id)) {

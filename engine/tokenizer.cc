@@ -1,8 +1,17 @@
 #include "engine/tokenizer.h"
 
+#include <string>
+
 #include "common/status.h"
 
 namespace cmoe::engine {
+
+absl::Status Tokenizer::CheckTokenId(int32_t id) const {
+  if (id >= 0 && id < vocab_size()) return absl::OkStatus();
+  return absl::InvalidArgumentError("token id " + std::to_string(id) +
+                                    " is outside the vocabulary of " +
+                                    std::to_string(vocab_size()));
+}
 
 absl::StatusOr<std::string> Tokenizer::Decode(std::span<const int32_t> ids) const {
   std::string text;

@@ -54,6 +54,10 @@ class Tokenizer {
   virtual bool IsSpecial(int32_t id) const = 0;
   // Whether prompts should get the dummy prefix by default for this model.
   virtual bool DefaultDummyPrefix() const = 0;
+
+ protected:
+  // InvalidArgument naming `id` unless 0 <= id < vocab_size().
+  absl::Status CheckTokenId(int32_t id) const;
 };
 
 // Loads the tokenizer of a model directory: tokenizer.json (Hugging Face BPE) when present, else
