@@ -33,13 +33,17 @@ bool IsStop(const Model& model, const GenerateOptions& options, int32_t token) {
 
 // Runs the prompt through the model in chunks; leaves the last chunk's logits in `out`.
 absl::Status Prefill(Model& model, KvCache& cache, SequenceBlocks& seq,
-                     std::span<const int32_t> prompt, int64_t chunk_size, ForwardOutput& out) {
+                     std::span<const int32_t> prompt, const GenerateOptions& options,
+                     ForwardOutput& out) {
+  const int64_t chunk_size = options.prefill_chunk;
   const auto total = static_cast<int64_t>(prompt.size());
   for (int64_t begin = 0; begin < total; begin += chunk_size) {
     const int64_t n = std::min(chunk_size, total - begin);
     CMOE_RETURN_IF_ERROR(cache.Reserve(seq, begin + n));
-    const SequenceChunk chunk{
-        .tokens = prompt.subspan(begin, n), .start_pos = begin, .blocks = &seq};
+    const SequenceChunk chunk{.tokens = prompt.subspan(begin, n),
+                              .start_pos = begin,
+                              .blocks = &seq,
+                              .num_activated_experts = options.num_activated_experts};
     CMOE_RETURN_IF_ERROR(model.Forward({&chunk, 1}, cache, out));
   }
   return absl::OkStatus();
@@ -60,8 +64,10 @@ absl::Status Decode(Model& model, KvCache& cache, SequenceBlocks& seq,
         break;
       }
       CMOE_RETURN_IF_ERROR(cache.Reserve(seq, pos));
-      const SequenceChunk chunk{
-          .tokens = {&result.tokens.back(), 1}, .start_pos = pos - 1, .blocks = &seq};
+      const SequenceChunk chunk{.tokens = {&result.tokens.back(), 1},
+                                .start_pos = pos - 1,
+                                .blocks = &seq,
+                                .num_activated_experts = options.num_activated_experts};
       CMOE_RETURN_IF_ERROR(model.Forward({&chunk, 1}, cache, out));
     } else {
       timer.Reset();
@@ -89,7 +95,7 @@ absl::StatusOr<GenerateResult> GenerateTokens(Model& model, KvCache& cache,
   ForwardOutput out;
   GenerateResult result;
   Timer timer;
-  absl::Status status = Prefill(model, cache, seq, prompt, options.prefill_chunk, out);
+  absl::Status status = Prefill(model, cache, seq, prompt, options, out);
   result.prefill_seconds = timer.Seconds();
   if (status.ok()) status = Decode(model, cache, seq, prompt, options, out, result);
   cache.Release(seq);

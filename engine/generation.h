@@ -26,6 +26,8 @@ struct GenerateOptions {
   std::vector<int32_t> stop_token_ids;  // besides the model's EOS ids (unless ignore_eos)
   bool ignore_eos = false;
   int64_t prefill_chunk = 512;  // prompt tokens per forward step
+  // Carved models: routed experts per token (1..N_r); 0: the checkpoint's default.
+  int32_t num_activated_experts = 0;
   // Called with each new token as soon as it is sampled (may be empty).
   std::function<void(int32_t)> on_token;
 };

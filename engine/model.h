@@ -1,4 +1,4 @@
-// A dense Llama-family model bound to a backend: one batched forward step over sequences of
+// A dense or carved (CMoE) Llama-family model bound to a backend: one batched forward step over sequences of
 // different lengths, mixing prefill chunks and single decode tokens (exactly what continuous
 // batching schedules).
 //
@@ -14,6 +14,7 @@
 #define CMOE_ENGINE_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "engine/checkpoint.h"
 #include "engine/kv_cache.h"
+#include "engine/moe_layer.h"
 #include "kernels/backend.h"
 
 namespace cmoe::engine {
@@ -33,7 +35,25 @@ struct SequenceChunk {
   // (KvCache::Reserve). Read only.
   const SequenceBlocks* blocks = nullptr;
   bool all_logits = false;  // logits for every token (perplexity), not only the last
+  // Carved models: routed experts per token for this sequence, in [1, N_r]; 0 takes the
+  // checkpoint's num_activated_experts. Must be 0 for dense models.
+  int32_t num_activated_experts = 0;
 };
+
+// What the FFNs of one step computed (the activation-ratio and expert-load metrics read these).
+struct FfnStepStats {
+  int64_t tokens = 0;            // T, rows of the step
+  int64_t neurons_computed = 0;  // FFN neurons evaluated, summed over tokens and layers
+  int64_t neurons_dense = 0;     // the dense model's count: T * intermediate_size * layers
+  int32_t num_routed = 0;        // N_r (0 for dense models)
+  // (layers, N_r) layer-major: tokens routed to expert e of layer l this step; empty when dense.
+  std::vector<int64_t> tokens_per_expert;
+};
+
+// Replaces the FFN of `layer` during ForwardWithFfn: given the normed FFN input h (rows, d) it
+// must add the FFN output into the residual x (rows, d). Both are host f32 row-major.
+using FfnOverride = std::function<absl::Status(int64_t layer, std::span<const float> h,
+                                               int64_t rows, std::span<float> x)>;
 
 // Logits of a step: for each chunk, one row per token when all_logits, else one row.
 struct ForwardOutput {
@@ -55,25 +75,38 @@ class Model {
   // blocks covering the positions) before touching the cache; on error nothing is written.
   absl::Status Forward(std::span<const SequenceChunk> chunks, KvCache& cache, ForwardOutput& out);
 
+  // Forward without the LM head, with every layer's FFN replaced by `ffn` (called in layer order
+  // after the layer's attention block and post-attention norm). Carving runs calibration tokens
+  // through this: layer l's FFN input comes from layers 0..l-1 as already carved.
+  absl::Status ForwardWithFfn(std::span<const SequenceChunk> chunks, KvCache& cache,
+                              const FfnOverride& ffn);
+
+  // The FFN work of the last Forward (zeroed by one that failed validation).
+  const FfnStepStats& last_step_stats() const { return stats_; }
+
   const ModelConfig& config() const { return checkpoint_->config(); }
   const Checkpoint& checkpoint() const { return *checkpoint_; }
   kernels::Backend& backend() { return *backend_; }
 
-  // Weight bytes one decode step reads: every layer and the LM head (the embedding is gathered
-  // by row, so it is not counted).
-  int64_t DecodeWeightBytes() const;
-  // Multiply-adds x2 of the weight matmuls for one token (attention over the context excluded).
-  int64_t MatmulFlopsPerToken() const;
+  // Weight bytes one single-token decode step reads: every layer and the LM head (the embedding
+  // is gathered by row, so it is not counted). Carved layers count the shared expert, the router
+  // and num_activated_experts / N_r of the routed experts' bytes (k <= 0: the default N_k).
+  int64_t DecodeWeightBytes(int32_t k = 0) const;
+  // Multiply-adds x2 of the weight matmuls for one token (attention over the context excluded),
+  // with the same expected share of routed experts for carved layers.
+  int64_t MatmulFlopsPerToken(int32_t k = 0) const;
 
  private:
   Model(std::unique_ptr<Checkpoint> checkpoint, std::unique_ptr<kernels::Backend> backend);
 
   absl::Status Validate(std::span<const SequenceChunk> chunks, const KvCache& cache) const;
-  void PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache);
+  void PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache, bool dense_ffn);
   absl::Status AttentionBlock(int64_t layer, KvCache& cache);
-  absl::Status FfnBlock(int64_t layer);
+  absl::Status FfnBlock(int64_t layer, std::span<const SequenceChunk> chunks);
+  absl::Status MoeFfn(int64_t layer, std::span<const SequenceChunk> chunks);
+  absl::Status Begin(std::span<const SequenceChunk> chunks, KvCache& cache, bool dense_ffn);
   absl::Status LmHead(std::span<const SequenceChunk> chunks, ForwardOutput& out);
-  void Resize(int64_t rows);
+  void Resize(int64_t rows, bool dense_ffn);
 
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<kernels::Backend> backend_;
@@ -93,6 +126,9 @@ class Model {
   std::vector<float> gate_;  // (T, f)
   std::vector<float> up_;    // (T, f)
   std::vector<float> last_;  // (R, d) rows that need logits
+  MoeLayer moe_;             // carved layers' routing/dispatch workspace
+  MoeStepStats moe_stats_;
+  FfnStepStats stats_;
 };
 
 }  // namespace cmoe::engine

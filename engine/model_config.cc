@@ -1,5 +1,7 @@
 #include "engine/model_config.h"
 
+#include <initializer_list>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -175,6 +177,107 @@ absl::Status ReadTokens(const ConfigReader& r, ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// An integer key of the "cmoe" object in [lo, hi].
+absl::StatusOr<int64_t> CmoeInt(const ConfigReader& r, const Json& cmoe, const char* key,
+                                int64_t lo, int64_t hi) {
+  const std::string name = absl::StrCat("cmoe.", key);
+  if (!cmoe.contains(key) || cmoe[key].is_null()) return r.Error(name, "required key missing");
+  const Json& v = cmoe[key];
+  if (!v.is_number_integer()) return r.Error(name, absl::StrCat("expected an integer, got ", v.dump()));
+  const int64_t n = v.get<int64_t>();
+  if (n < lo || n > hi) {
+    return r.Error(name, absl::StrCat("must be in [", lo, ", ", hi, "], got ", n));
+  }
+  return n;
+}
+
+absl::StatusOr<std::string> CmoeChoice(const ConfigReader& r, const Json& cmoe, const char* key,
+                                       std::initializer_list<const char*> allowed) {
+  const std::string name = absl::StrCat("cmoe.", key);
+  if (!cmoe.contains(key) || !cmoe[key].is_string()) return r.Error(name, "expected a string");
+  const std::string v = cmoe[key].get<std::string>();
+  for (const char* a : allowed) {
+    if (v == a) return v;
+  }
+  return r.Error(name, absl::StrCat("unknown value '", v, "'"));
+}
+
+absl::Status ReadCalibration(const ConfigReader& r, const Json& j, CmoeCalibration& cal) {
+  if (!j.is_object()) return r.Error("cmoe.calibration", "expected an object");
+  if (j.contains("file") && j["file"].is_string()) cal.file = j["file"].get<std::string>();
+  for (auto [key, field] : {std::pair{"range_begin", &cal.range_begin},
+                            std::pair{"range_end", &cal.range_end}, std::pair{"seqs", &cal.seqs},
+                            std::pair{"len", &cal.len}}) {
+    if (!j.contains(key)) continue;
+    if (!j[key].is_number_integer()) {
+      return r.Error(absl::StrCat("cmoe.calibration.", key), "expected an integer");
+    }
+    *field = j[key].get<int64_t>();
+  }
+  if (j.contains("seed")) {
+    if (!j["seed"].is_number_unsigned()) {
+      return r.Error("cmoe.calibration.seed", "expected a non-negative integer");
+    }
+    cal.seed = j["seed"].get<uint64_t>();
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CmoeConfig> ReadCmoe(const ConfigReader& r, const ModelConfig& c) {
+  const Json& j = r.root()["cmoe"];
+  if (!j.is_object()) return r.Error("cmoe", "expected an object");
+  CmoeConfig m;
+  CMOE_ASSIGN_OR_RETURN(const int64_t version,
+                        CmoeInt(r, j, "format_version", 1, std::numeric_limits<int32_t>::max()));
+  if (version != CmoeConfig::kFormatVersion) {
+    return r.Error("cmoe.format_version",
+                   absl::StrCat("version ", version, " is not supported (this build reads ",
+                                CmoeConfig::kFormatVersion, ")"));
+  }
+  const int64_t f = c.intermediate_size;
+  CMOE_ASSIGN_OR_RETURN(const int64_t n, CmoeInt(r, j, "num_experts", 1, f));
+  CMOE_ASSIGN_OR_RETURN(const int64_t ns, CmoeInt(r, j, "num_shared_experts", 0, n - 1));
+  CMOE_ASSIGN_OR_RETURN(const int64_t nk, CmoeInt(r, j, "num_activated_experts", 1, n - ns));
+  CMOE_ASSIGN_OR_RETURN(m.shared_width, CmoeInt(r, j, "shared_width", 0, f));
+  CMOE_ASSIGN_OR_RETURN(const int64_t k_act, CmoeInt(r, j, "k_act", 1, f));
+  CMOE_ASSIGN_OR_RETURN(const int64_t iters, CmoeInt(r, j, "cluster_iters", 1, 1 << 20));
+  m.num_experts = static_cast<int32_t>(n);
+  m.num_shared_experts = static_cast<int32_t>(ns);
+  m.num_activated_experts = static_cast<int32_t>(nk);
+  m.k_act = static_cast<int32_t>(k_act);
+  m.cluster_iters = static_cast<int32_t>(iters);
+  CMOE_ASSIGN_OR_RETURN(m.score, CmoeChoice(r, j, "score", {"normalized", "raw"}));
+  CMOE_ASSIGN_OR_RETURN(m.router, CmoeChoice(r, j, "router", {"reference", "paper"}));
+  if (j.contains("balance_bias_gamma") && !j["balance_bias_gamma"].is_null()) {
+    if (!j["balance_bias_gamma"].is_number() || j["balance_bias_gamma"].get<double>() < 0) {
+      return r.Error("cmoe.balance_bias_gamma", "expected a non-negative number");
+    }
+    m.balance_bias_gamma = j["balance_bias_gamma"].get<double>();
+  }
+  const Json& widths = j.contains("expert_widths") ? j["expert_widths"] : Json();
+  if (!widths.is_array() || static_cast<int64_t>(widths.size()) != n - ns) {
+    return r.Error("cmoe.expert_widths",
+                   absl::StrCat("expected a list of ", n - ns, " widths (one per routed expert)"));
+  }
+  int64_t total = m.shared_width;
+  for (const Json& w : widths) {
+    if (!w.is_number_integer() || w.get<int64_t>() < 1 || w.get<int64_t>() > f) {
+      return r.Error("cmoe.expert_widths", absl::StrCat("bad width ", w.dump()));
+    }
+    m.expert_widths.push_back(w.get<int64_t>());
+    total += m.expert_widths.back();
+  }
+  if (total != f) {
+    return r.Error("cmoe.expert_widths",
+                   absl::StrCat("shared_width + sum(expert_widths) = ", total,
+                                " but intermediate_size is ", f, " (every neuron in one expert)"));
+  }
+  if (j.contains("calibration")) {
+    CMOE_RETURN_IF_ERROR(ReadCalibration(r, j["calibration"], m.calibration));
+  }
+  return m;
+}
+
 absl::StatusOr<ModelConfig> ParseConfigObject(const Json& root, std::string path) {
   const ConfigReader r(root, std::move(path));
   ModelConfig c;
@@ -186,10 +289,27 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const Json& root, std::string path
   CMOE_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.BoolOr("tie_word_embeddings", false));
   CMOE_ASSIGN_OR_RETURN(c.torch_dtype, r.StringOr("torch_dtype", "float32"));
   CMOE_RETURN_IF_ERROR(ReadTokens(r, c));
+  if (r.Has("cmoe")) {
+    CMOE_ASSIGN_OR_RETURN(c.cmoe, ReadCmoe(r, c));
+  }
   return c;
 }
 
 }  // namespace
+
+std::string CmoeConfig::Name() const {
+  return absl::StrCat("S", num_shared_experts, "A", num_activated_experts, "E", num_experts);
+}
+
+double CmoeConfig::ActivationRatio(int32_t k) const {
+  if (k <= 0) k = num_activated_experts;
+  int64_t routed = 0;
+  for (int64_t w : expert_widths) routed += w;
+  const double total = static_cast<double>(shared_width + routed);
+  if (total <= 0 || expert_widths.empty()) return 0;
+  const double mean_routed = static_cast<double>(routed) / static_cast<double>(expert_widths.size());
+  return (static_cast<double>(shared_width) + k * mean_routed) / total;
+}
 
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text,
                                              std::string_view path_view) {
@@ -235,6 +355,29 @@ std::string ModelConfigToJson(const ModelConfig& config) {
     j["eos_token_id"] = config.eos_token_ids[0];
   } else if (!config.eos_token_ids.empty()) {
     j["eos_token_id"] = config.eos_token_ids;
+  }
+  if (config.cmoe.has_value()) {
+    const CmoeConfig& m = *config.cmoe;
+    const CmoeCalibration& cal = m.calibration;
+    j["cmoe"] = {{"format_version", m.format_version},
+                 {"name", m.Name()},
+                 {"num_experts", m.num_experts},
+                 {"num_shared_experts", m.num_shared_experts},
+                 {"num_activated_experts", m.num_activated_experts},
+                 {"shared_width", m.shared_width},
+                 {"expert_widths", m.expert_widths},
+                 {"k_act", m.k_act},
+                 {"score", m.score},
+                 {"router", m.router},
+                 {"cluster_iters", m.cluster_iters},
+                 {"balance_bias_gamma", m.balance_bias_gamma},
+                 {"calibration",
+                  {{"file", cal.file},
+                   {"range_begin", cal.range_begin},
+                   {"range_end", cal.range_end},
+                   {"seqs", cal.seqs},
+                   {"len", cal.len},
+                   {"seed", cal.seed}}}};
   }
   return j.dump(2) + "\n";
 }

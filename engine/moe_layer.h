@@ -26,33 +26,12 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/model_weights.h"
 #include "engine/moe_dispatch.h"
 #include "kernels/backend.h"
 #include "kernels/weight_view.h"
 
 namespace cmoe::engine {
-
-// One SwiGLU expert of width m_e: E(h) = down · (silu(gate · h) * (up · h)).
-// Views are not owning; the weights must outlive every Forward that reads them.
-struct ExpertWeights {
-  kernels::WeightView gate;  // (m_e, d) F32/F16/BF16, read
-  kernels::WeightView up;    // (m_e, d) F32/F16/BF16, read
-  kernels::WeightView down;  // (d, m_e) F32/F16/BF16, read
-
-  int64_t width() const { return gate.rows; }
-};
-
-// The carved FFN of one layer. d is taken from experts[0].gate.cols. The shared expert may have
-// width 0 (N_s = 0: all views with rows == 0, or a down with cols == 0); routed experts may not.
-struct MoeLayerWeights {
-  ExpertWeights shared;                // width m_s >= 0 (all shared experts concatenated)
-  std::vector<ExpertWeights> experts;  // N_r >= 1 routed experts, widths m_e >= 1
-  std::vector<float> router_gate;      // (N_r, d) f32 row-major, normalised gate rows
-  std::vector<float> router_up;        // (N_r, d) f32 row-major, normalised up rows
-  std::vector<float> bias;             // (N_r) load-balancing bias b; empty means zero
-  std::vector<float> scale;            // (N_r) router scale u; empty means zero (w = 1)
-  RouterVariant variant = RouterVariant::kReference;
-};
 
 // What one Forward computed, for the activation-ratio and per-expert metrics.
 struct MoeStepStats {

@@ -19,7 +19,8 @@ double NegLogProb(std::span<const float> logits, int32_t target) {
 
 // Sum of NLL over tokens 1..n-1 of one window (predicted from the tokens before them).
 absl::StatusOr<double> WindowNll(Model& model, KvCache& cache, std::span<const int32_t> window,
-                                 int64_t chunk_size) {
+                                 const PerplexityOptions& options) {
+  const int64_t chunk_size = options.chunk;
   SequenceBlocks seq;
   ForwardOutput out;
   double nll = 0.0;
@@ -31,7 +32,8 @@ absl::StatusOr<double> WindowNll(Model& model, KvCache& cache, std::span<const i
     const SequenceChunk chunk{.tokens = window.subspan(begin, count),
                               .start_pos = begin,
                               .blocks = &seq,
-                              .all_logits = true};
+                              .all_logits = true,
+                              .num_activated_experts = options.num_activated_experts};
     status = model.Forward({&chunk, 1}, cache, out);
     for (int64_t i = 0; status.ok() && i < count; ++i) {
       nll += NegLogProb(out.Logits(0, i), window[begin + i + 1]);
@@ -64,7 +66,7 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(Model& model, KvCache& cache
   double total = 0.0;
   for (int64_t w = 0; w < windows; ++w) {
     CMOE_ASSIGN_OR_RETURN(double nll,
-                          WindowNll(model, cache, tokens.subspan(w * ctx, ctx), options.chunk));
+                          WindowNll(model, cache, tokens.subspan(w * ctx, ctx), options));
     total += nll;
     if (options.on_window) options.on_window(w + 1, windows);
   }

@@ -21,6 +21,8 @@ struct PerplexityOptions {
   int64_t ctx = 0;          // window length in tokens; 0: the model's context
   int64_t max_windows = 0;  // 0: all full windows
   int64_t chunk = 512;      // tokens per forward step inside a window
+  // Carved models: routed experts per token (1..N_r); 0: the checkpoint's default.
+  int32_t num_activated_experts = 0;
   // Called after each window with (windows done, windows total); may be empty.
   std::function<void(int64_t, int64_t)> on_window;
 };

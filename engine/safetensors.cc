@@ -89,7 +89,7 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry
   if (!parsed) {
     return TensorError(
         path, name,
-        absl::StrCat("unsupported dtype '", dtype_name, "' (supported: F32, F16, BF16)"));
+        absl::StrCat("unsupported dtype '", dtype_name, "' (supported: F32, F16, BF16, I32)"));
   }
   t.dtype = *parsed;
   CMOE_ASSIGN_OR_RETURN(t.shape, ParseShape(entry["shape"], path, name));

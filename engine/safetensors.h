@@ -8,7 +8,7 @@
 //
 // Validation is strict and every error names the file and the tensor or key: a file shorter than
 // 8 bytes, a header length beyond the file or above 100 MB, a header that is not a JSON object,
-// an entry without dtype/shape/data_offsets, a dtype other than F32/F16/BF16, negative dims,
+// an entry without dtype/shape/data_offsets, a dtype other than F32/F16/BF16/I32, negative dims,
 // data_offsets that are not [begin, end] with begin <= end, a byte size that disagrees with the
 // shape, offsets outside the data section, overlapping tensors. Gaps between tensors are allowed.
 // Malformed input is InvalidArgument; missing files or tensors are NotFound.

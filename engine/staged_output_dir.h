@@ -29,6 +29,7 @@ class StagedOutputDir {
   StagedOutputDir& operator=(const StagedOutputDir&) = delete;
 
   const std::string& path() const { return staging_; }  // where to write the files
+  const std::string& target() const { return out_dir_; }  // where they appear on Commit
   std::string Join(const std::string& name) const { return staging_ + "/" + name; }
 
   // Replaces `out_dir` (and whatever it held) with the staging directory.

@@ -177,7 +177,10 @@ void FillBlockAs(DType dtype, uint64_t stream, int64_t count, bool ones, uint8_t
       return FillBlock<DType::kF16>(stream, count, ones, out);
     case DType::kBF16:
       return FillBlock<DType::kBF16>(stream, count, ones, out);
+    case DType::kI32:
+      break;
   }
+  CMOE_CHECK(false) << "synthetic weights are never I32";
 }
 
 struct SynthTensor {
@@ -246,6 +249,8 @@ std::string TorchDtype(DType dtype) {
       return "float16";
     case DType::kBF16:
       return "bfloat16";
+    case DType::kI32:
+      break;
   }
   return "float32";
 }

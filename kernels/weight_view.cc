@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "common/half.h"
+#include "common/logging.h"
 
 namespace cmoe::kernels {
 
@@ -22,7 +23,10 @@ void WidenToFloat(const WeightView& w, int64_t offset, int64_t count, float* out
       }
       return;
     }
+    case DType::kI32:
+      break;
   }
+  CMOE_CHECK(false) << "WidenToFloat on an I32 tensor (index tensors are never weights)";
 }
 
 float WeightView::At(int64_t r, int64_t c) const {

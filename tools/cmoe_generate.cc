@@ -1,6 +1,7 @@
 // cmoe-generate: generates text from a prompt with a checkpoint directory.
 //
-//   cmoe-generate --model DIR --prompt "Once upon a time" --max-new-tokens 64 [--json]
+//   cmoe-generate --model DIR --prompt "Once upon a time" --max-new-tokens 64
+//                 [--active-experts K] [--json]
 #include <cstdio>
 #include <string>
 
@@ -26,6 +27,8 @@ ABSL_FLAG(uint64_t, seed, 0, "Random seed; the same seed gives the same text");
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating after EOS");
 ABSL_FLAG(std::string, dummy_prefix, "auto",
           "Prepend the tokenizer's dummy-prefix space to the prompt: auto|true|false");
+ABSL_FLAG(int32_t, active_experts, 0,
+          "Carved models: routed experts per token, 1..N_r (0: the checkpoint's default)");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads (0: all cores)");
 ABSL_FLAG(std::string, device, "cpu", "Backend: cpu | reference | cuda[:N]");
 ABSL_FLAG(bool, json, false, "Print one JSON object instead of the text");
@@ -53,7 +56,8 @@ engine::GenerateOptions OptionsFromFlags() {
                        .presence_penalty = absl::GetFlag(FLAGS_presence_penalty),
                        .frequency_penalty = absl::GetFlag(FLAGS_frequency_penalty),
                        .seed = absl::GetFlag(FLAGS_seed)},
-          .ignore_eos = absl::GetFlag(FLAGS_ignore_eos)};
+          .ignore_eos = absl::GetFlag(FLAGS_ignore_eos),
+          .num_activated_experts = absl::GetFlag(FLAGS_active_experts)};
 }
 
 void PrintJson(const std::string& text, const std::vector<int32_t>& prompt,
@@ -117,7 +121,8 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args =
       cmoe::tools::ParseToolFlags(argc, argv,
                                   "cmoe-generate --model DIR --prompt TEXT [--max-new-tokens N] "
-                                  "[--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]");
+                                  "[--temperature T] [--top-k K] [--top-p P] [--seed S] "
+                                  "[--active-experts K] [--json]");
   if (!args.empty()) {
     return cmoe::tools::Fail("cmoe-generate",
                              absl::InvalidArgumentError("unexpected argument '" + args[0] +

@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "common/thread_pool.h"
 #include "engine/carve/activation_markers.h"
+#include "engine/moe_dispatch.h"
 #include "kernels/weight_view.h"
 
 namespace cmoe::engine::carve {
@@ -112,9 +113,9 @@ absl::StatusOr<LayerCarve> CarveFromMarkers(const ActivationMarkers& markers,
 absl::StatusOr<LayerCarve> CarveLayer(const CarveLayerInputs& in, const CarveConfig& config,
                                       ThreadPool* pool);
 
-// Step 6 router rows. kReference (default): rows unit-L2 normalised (a zero row stays zero).
-// kPaper: the raw rows (the paper's formula has no normalisation).
-enum class RouterVariant { kReference, kPaper };
+// Step 6 router rows (RouterVariant of engine/moe_dispatch.h). kReference (default): rows unit-L2
+// normalised (a zero row stays zero). kPaper: the raw rows (the paper's formula has no
+// normalisation).
 
 struct RouterWeights {
   int64_t num_experts = 0;  // N_r
