@@ -63,6 +63,29 @@ int64_t Model::DecodeWeightBytes(int32_t k) const {
   return bytes;
 }
 
+int64_t Model::LastStepWeightBytes() const {
+  const ModelWeights& w = checkpoint_->weights();
+  int64_t bytes = w.final_norm.bytes() + w.lm_head.bytes();
+  for (size_t layer = 0; layer < w.layers.size(); ++layer) {
+    const LayerWeights& l = w.layers[layer];
+    for (const WeightView* v : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm}) {
+      bytes += v->bytes();
+    }
+    if (!l.moe.has_value() || stats_.tokens_per_expert.empty()) {
+      bytes += FfnCost(l, 0, /*macs=*/false);
+      continue;
+    }
+    const MoeLayerWeights& m = *l.moe;
+    bytes += ExpertBytes(m.shared) +
+             static_cast<int64_t>(4 * (m.router_gate.size() + m.router_up.size()));
+    const int64_t* counts = stats_.tokens_per_expert.data() + layer * stats_.num_routed;
+    for (size_t e = 0; e < m.experts.size(); ++e) {
+      if (counts[e] > 0) bytes += ExpertBytes(m.experts[e]);
+    }
+  }
+  return bytes;
+}
+
 int64_t Model::MatmulFlopsPerToken(int32_t k) const {
   const ModelWeights& w = checkpoint_->weights();
   const int32_t kk = k > 0 ? k : (config().cmoe ? config().cmoe->num_activated_experts : 0);

@@ -92,6 +92,9 @@ class Model {
   // is gathered by row, so it is not counted). Carved layers count the shared expert, the router
   // and num_activated_experts / N_r of the routed experts' bytes (k <= 0: the default N_k).
   int64_t DecodeWeightBytes(int32_t k = 0) const;
+  // Weight bytes the last Forward read: like DecodeWeightBytes, but carved layers count the
+  // routed experts the step actually touched (the union over its tokens).
+  int64_t LastStepWeightBytes() const;
   // Multiply-adds x2 of the weight matmuls for one token (attention over the context excluded),
   // with the same expected share of routed experts for carved layers.
   int64_t MatmulFlopsPerToken(int32_t k = 0) const;

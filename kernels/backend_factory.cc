@@ -8,6 +8,11 @@
 namespace cmoe::kernels {
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options) {
+  if (options.threads > kMaxThreads) {
+    return absl::InvalidArgumentError(absl::StrCat("--threads ", options.threads,
+                                                   " is more than the ", kMaxThreads,
+                                                   " supported (0: all cores)"));
+  }
   if (options.device == "cpu") {
     return cpu::MakeCpuBackend({.threads = options.threads});
   }

@@ -12,10 +12,15 @@
 
 namespace cmoe::kernels {
 
+// More threads than this is a typo, not a machine (each thread is a real OS thread).
+inline constexpr int kMaxThreads = 1024;
+
 struct BackendOptions {
   // "cpu" (threads + SIMD), "reference" (plain loops, for checking), or "cuda[:N]".
   std::string device = "cpu";
-  int threads = 0;  // CPU worker threads including the caller; <= 0 means all cores
+  // CPU worker threads including the caller; <= 0 means all cores; above kMaxThreads is
+  // InvalidArgument.
+  int threads = 0;
 };
 
 // InvalidArgument for an unknown device; Unavailable for "cuda" in a build or on a machine

@@ -310,6 +310,24 @@ absl::StatusOr<std::vector<float>> ComputeScores(const CarveLayerInputs& in, Sco
     NormalizeRows(up, d_h, d);
   }
   std::vector<float> scores(static_cast<size_t>(q * d_h));
+  if (in.backend != nullptr) {
+    // H = silu(X Gᵀ) * (X Uᵀ) as two GEMMs per block of tokens; the block bounds the memory of
+    // the U activations.
+    const WeightView gv{.data = gate.data(), .dtype = kernels::DType::kF32, .rows = d_h, .cols = d};
+    const WeightView uv{.data = up.data(), .dtype = kernels::DType::kF32, .rows = d_h, .cols = d};
+    constexpr int64_t kBlock = 2048;
+    std::vector<float> u(static_cast<size_t>(std::min(q, kBlock) * d_h));
+    for (int64_t t0 = 0; t0 < q; t0 += kBlock) {
+      const int64_t n = std::min(kBlock, q - t0);
+      float* h = scores.data() + t0 * d_h;
+      CMOE_RETURN_IF_ERROR(
+          in.backend->MatMul(x.data() + t0 * d, n, gv, h, kernels::Accumulate::kNo));
+      CMOE_RETURN_IF_ERROR(
+          in.backend->MatMul(x.data() + t0 * d, n, uv, u.data(), kernels::Accumulate::kNo));
+      CMOE_RETURN_IF_ERROR(in.backend->SiluMul(h, u.data(), n * d_h, h));
+    }
+    return scores;
+  }
   const ScoreOperands op{.x = x.data(),
                          .gate = gate.data(),
                          .up = up.data(),

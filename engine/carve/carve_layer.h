@@ -26,6 +26,7 @@
 #include "common/thread_pool.h"
 #include "engine/carve/activation_markers.h"
 #include "engine/moe_dispatch.h"
+#include "kernels/backend.h"
 #include "kernels/weight_view.h"
 
 namespace cmoe::engine::carve {
@@ -66,6 +67,9 @@ struct CarveLayerInputs {
   int64_t num_tokens = 0;      // q >= 1
   kernels::WeightView w_gate;  // (d_h, model_width), any dtype
   kernels::WeightView w_up;    // (d_h, model_width), same shape as w_gate
+  // The scores' two GEMMs run on this backend when set (the fast CPU GEMM is ~10x the plain
+  // loops used otherwise); host-memory backends only. Not owned.
+  kernels::Backend* backend = nullptr;
 };
 
 // Seconds spent per phase (wall clock).
@@ -91,8 +95,10 @@ struct LayerCarve {
 
 // Step 2: H = silu(X Gᵀ) * (X Uᵀ) per `variant` (see ScoreVariant), fp32 accumulation.
 // Returns (num_tokens, d_h) f32 row-major. Parallel over token blocks on `pool` (nullptr: the
-// calling thread). Each value is computed the same way whatever the thread count. Memory: the
-// result plus f32 copies of X, W_gate and W_up (q = 16k, d_h = 5.6k: ~0.4 GB of scores).
+// calling thread), or as two backend GEMMs (in.backend) over blocks of tokens. Each value is
+// computed the same way whatever the thread count. Memory: the result plus f32 copies of X,
+// W_gate and W_up (q = 16k, d_h = 5.6k: ~0.4 GB of scores), plus one token block of W_up
+// activations with a backend.
 absl::StatusOr<std::vector<float>> ComputeScores(const CarveLayerInputs& in, ScoreVariant variant,
                                                  ThreadPool* pool);
 

@@ -11,6 +11,7 @@
 #include "common/timer.h"
 #include "engine/kv_cache.h"
 #include "engine/moe_layer.h"
+#include "kernels/backend_factory.h"
 
 namespace cmoe::engine::carve {
 namespace {
@@ -119,6 +120,10 @@ absl::StatusOr<CarvedModel> CarveModel(Model& model, const CalibrationSet& calib
         absl::StrCat("balance bias gamma must be >= 0, got ", o.balance_bias_gamma));
   }
   CMOE_RETURN_IF_ERROR(CheckWindows(calib, c));
+  if (o.threads > kernels::kMaxThreads) {
+    return absl::InvalidArgumentError(absl::StrCat("carving threads ", o.threads, " above the ",
+                                                   kernels::kMaxThreads, " supported"));
+  }
   Timer total;
 
   int64_t blocks = 0;
@@ -159,7 +164,11 @@ absl::StatusOr<CarvedModel> CarveModel(Model& model, const CalibrationSet& calib
     const LayerWeights& dense = model.checkpoint().weights().layers[layer];
     CMOE_ASSIGN_OR_RETURN(
         LayerCarve lc,
-        CarveLayer({.x = h, .num_tokens = rows, .w_gate = dense.w_gate, .w_up = dense.w_up},
+        CarveLayer({.x = h,
+                    .num_tokens = rows,
+                    .w_gate = dense.w_gate,
+                    .w_up = dense.w_up,
+                    .backend = &model.backend()},
                    o.layer, &pool));
     phase.Reset();
     CarvedLayer carved{.shared_neurons = std::move(lc.shared_neurons),

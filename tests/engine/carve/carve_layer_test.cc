@@ -12,6 +12,7 @@
 
 #include "common/thread_pool.h"
 #include "engine/carve/activation_markers.h"
+#include "kernels/backend_factory.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -153,11 +154,20 @@ TEST(ExpertWidthsTest, PropertiesHoldForManyShapes) {
 
 // ---------- scores ----------
 
+// The plain loops and both host backends' GEMMs (CarveLayerInputs::backend).
 TEST(ComputeScoresTest, MatchesDoubleReferenceForBothVariants) {
   const Layer l = RandomLayer(37, 19, 70, 7);  // sizes off every block boundary
   ThreadPool pool(2);
+  auto cpu = kernels::CreateBackend({.device = "cpu", .threads = 2});
+  auto reference = kernels::CreateBackend({.device = "reference"});
+  ASSERT_TRUE(cpu.ok() && reference.ok());
+  for (kernels::Backend* backend : {static_cast<kernels::Backend*>(nullptr), cpu->get(),
+                                    reference->get()})
   for (ScoreVariant v : {ScoreVariant::kNormalized, ScoreVariant::kRaw}) {
-    auto h = ComputeScores(l.Inputs(), v, &pool);
+    SCOPED_TRACE(backend == nullptr ? "loops" : backend == cpu->get() ? "cpu" : "reference");
+    CarveLayerInputs in = l.Inputs();
+    in.backend = backend;
+    auto h = ComputeScores(in, v, &pool);
     ASSERT_TRUE(h.ok()) << h.status();
     const bool norm = v == ScoreVariant::kNormalized;
     for (int64_t t = 0; t < l.q; ++t) {
