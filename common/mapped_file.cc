@@ -61,6 +61,19 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   return file;
 }
 
+void MappedFile::Populate() const {
+  if (size_ == 0) return;
+#ifdef MADV_POPULATE_READ
+  if (::madvise(const_cast<uint8_t*>(data_), size_, MADV_POPULATE_READ) == 0) return;
+#endif
+  // Older kernels: touch one byte per page.
+  const long page = ::sysconf(_SC_PAGESIZE);
+  volatile uint8_t sink = 0;
+  for (size_t off = 0; off < size_; off += static_cast<size_t>(page > 0 ? page : 4096)) {
+    sink = sink + data_[off];
+  }
+}
+
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),

@@ -34,6 +34,11 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
+  // Maps every page now (reading the file into the page cache if it is not there), so that the
+  // first requests do not pay page faults: a carved model touches experts as tokens route to
+  // them. Best effort: a failure only costs those faults later.
+  void Populate() const;
+
  private:
   void Reset();
 

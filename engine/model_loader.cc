@@ -2,7 +2,10 @@
 
 #include <utility>
 
+#include "common/logging.h"
 #include "common/status.h"
+#include "common/timer.h"
+#include "engine/safetensors.h"
 #include "kernels/backend_factory.h"
 
 namespace cmoe::engine {
@@ -10,6 +13,14 @@ namespace cmoe::engine {
 absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
   CMOE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
                         Checkpoint::Open(options.model_dir));
+  if (options.populate_weights) {
+    Timer timer;
+    checkpoint->tensors().Populate();
+    if (checkpoint->weight_bytes() > (int64_t{1} << 30)) {
+      CMOE_LOG(INFO) << "weights of " << options.model_dir << " mapped in " << timer.Seconds()
+                     << " s";
+    }
+  }
   LoadedModel loaded;
   if (options.load_tokenizer) {
     CMOE_ASSIGN_OR_RETURN(loaded.tokenizer, LoadTokenizer(options.model_dir, checkpoint->config()));

@@ -25,6 +25,9 @@ struct LoadOptions {
   // Positions the KV cache holds over all sequences; <= 0: one full context.
   int64_t kv_cache_tokens = 0;
   bool load_tokenizer = true;
+  // Map every weight page at load (the time goes to loading, not to the first requests that
+  // touch each routed expert). Off leaves pages to fault in on first use.
+  bool populate_weights = true;
 };
 
 struct LoadedModel {

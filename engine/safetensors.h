@@ -55,6 +55,8 @@ class SafetensorsFile {
   static absl::StatusOr<SafetensorsFile> Open(const std::string& path);
 
   const std::string& path() const { return file_.path(); }
+  // Maps every page of the file now (MappedFile::Populate).
+  void Populate() const { file_.Populate(); }
   // Sorted by name.
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   // nullptr when absent.
@@ -94,6 +96,10 @@ class TensorStore {
   // A short description of the files for messages: the path, or "N shards in DIR".
   const std::string& description() const { return description_; }
   int64_t total_bytes() const;
+  // Maps every page of every file now (MappedFile::Populate).
+  void Populate() const {
+    for (const SafetensorsFile& f : files_) f.Populate();
+  }
 
  private:
   TensorStore() = default;

@@ -6,6 +6,7 @@
 //              [--calib-range START:END] [--seed 0] [--score normalized|raw]
 //              [--router reference|paper] [--cluster-iters 1] [--balance-bias GAMMA]
 //              [--threads N] [--force] [--json]
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <regex>
@@ -140,14 +141,19 @@ absl::Status Run() {
   if (absl::GetFlag(FLAGS_calib_seqs) < 1 || absl::GetFlag(FLAGS_calib_len) < 1) {
     return absl::InvalidArgumentError("--calib-seqs and --calib-len must be >= 1");
   }
+  if (absl::GetFlag(FLAGS_k_act) < 1) return absl::InvalidArgumentError("--k-act must be >= 1");
+  if (absl::GetFlag(FLAGS_cluster_iters) < 1) {
+    return absl::InvalidArgumentError("--cluster-iters must be >= 1");
+  }
   engine::carve::CalibrationOptions calib{.file = absl::GetFlag(FLAGS_calib),
                                           .seqs = absl::GetFlag(FLAGS_calib_seqs),
                                           .len = absl::GetFlag(FLAGS_calib_len),
                                           .seed = absl::GetFlag(FLAGS_seed)};
   if (!absl::GetFlag(FLAGS_calib_range).empty()) {
-    CMOE_ASSIGN_OR_RETURN(auto range, engine::carve::ParseByteRange(absl::GetFlag(FLAGS_calib_range)));
-    calib.range_begin = range.first;
-    calib.range_end = range.second;
+    const auto range = engine::carve::ParseByteRange(absl::GetFlag(FLAGS_calib_range));
+    if (!range.ok()) return Annotate(range.status(), "--calib-range");
+    calib.range_begin = range->first;
+    calib.range_end = range->second;
   }
   CMOE_RETURN_IF_ERROR(CheckDistinctDirs(model_dir, out));
 
@@ -167,6 +173,17 @@ absl::Status Run() {
                    << config.max_position_embeddings;
     calib.len = config.max_position_embeddings;
   }
+  // All calibration tokens go through the model as one batch; beyond this the activations alone
+  // need tens of GB (the paper's 8 x 2048 = 16,384 is 64x below).
+  constexpr int64_t kMaxCalibTokens = int64_t{1} << 20;
+  if (absl::GetFlag(FLAGS_calib_seqs) > kMaxCalibTokens ||
+      calib.seqs * calib.len >
+          kMaxCalibTokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--calib-seqs x --calib-len is more than the ", kMaxCalibTokens,
+                     " calibration tokens supported"));
+  }
+
   CMOE_ASSIGN_OR_RETURN(std::unique_ptr<engine::StagedOutputDir> dir,
                         engine::StagedOutputDir::Create(out, absl::GetFlag(FLAGS_force)));
   CMOE_ASSIGN_OR_RETURN(engine::LoadedModel m,

@@ -35,7 +35,9 @@ namespace {
 
 // The bytes [START, END) of `text`, both ends moved to UTF-8 character starts.
 absl::StatusOr<std::string> SliceText(const std::string& text, const std::string& range_flag) {
-  CMOE_ASSIGN_OR_RETURN(auto range, engine::carve::ParseByteRange(range_flag));
+  absl::StatusOr<std::pair<int64_t, int64_t>> parsed = engine::carve::ParseByteRange(range_flag);
+  if (!parsed.ok()) return Annotate(parsed.status(), "--text-range");
+  const std::pair<int64_t, int64_t> range = *parsed;
   const auto size = static_cast<int64_t>(text.size());
   int64_t begin = range.first, end = range.second < 0 ? size : range.second;
   if (begin >= size || end > size) {
@@ -68,6 +70,10 @@ absl::Status RunPerplexity() {
                         engine::LoadModel({.model_dir = absl::GetFlag(FLAGS_model),
                                            .device = absl::GetFlag(FLAGS_device),
                                            .threads = absl::GetFlag(FLAGS_threads)}));
+  const auto& cmoe = m.model->config().cmoe;
+  CMOE_RETURN_IF_ERROR(CheckActiveExperts(absl::GetFlag(FLAGS_active_experts),
+                                          cmoe ? cmoe->num_routed() : 0,
+                                          cmoe ? cmoe->Name() : ""));
   Timer timer;
   // The GPTQ protocol: one BOS at the start of the whole text.
   absl::StatusOr<std::vector<int32_t>> tokens = m.tokenizer->Encode(

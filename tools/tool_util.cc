@@ -87,4 +87,18 @@ void ProgressLine::Update(int64_t done, int64_t total) {
   std::fflush(stderr);
 }
 
+absl::Status CheckActiveExperts(int32_t k, int32_t num_routed, std::string_view config_name) {
+  if (k == 0) return absl::OkStatus();
+  if (num_routed == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--active-experts ", k, ": the model is dense (not carved by cmoe-carve)"));
+  }
+  if (k < 1 || k > num_routed) {
+    return absl::InvalidArgumentError(absl::StrCat("--active-experts ", k, " outside [1, ",
+                                                   num_routed, "] (the routed experts of ",
+                                                   std::string(config_name), ")"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace cmoe::tools

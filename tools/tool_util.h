@@ -23,6 +23,10 @@ int Fail(std::string_view tool, const absl::Status& status);
 // InvalidArgument "--<flag> is required" when `value` is empty.
 absl::Status RequireFlag(std::string_view flag, const std::string& value);
 
+// For --active-experts K of a tool: OK for K == 0 (the default); otherwise InvalidArgument naming
+// the flag when the model is dense (`num_routed` == 0) or K is outside [1, num_routed].
+absl::Status CheckActiveExperts(int32_t k, int32_t num_routed, std::string_view config_name);
+
 // A progress line on stderr for work that takes more than a few seconds: rewritten in place on a
 // terminal, one line every few seconds otherwise (logs stay readable).
 //
