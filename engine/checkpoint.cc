@@ -42,9 +42,9 @@ class Binder {
                        " but config.json implies [", absl::StrJoin(expected, ", "), "]"));
     }
     if (!kernels::IsFloatDType(t->dtype)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", name, "' in file ", t->file, " has dtype ",
-                       std::string(kernels::DTypeName(t->dtype)), "; weights must be F32, F16 or BF16"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "' in file ", t->file, " has dtype ",
+          std::string(kernels::DTypeName(t->dtype)), "; weights must be F32, F16 or BF16"));
     }
     used_.insert(name);
     return WeightView{
@@ -73,9 +73,10 @@ class Binder {
   absl::StatusOr<std::vector<int32_t>> BindI32(const std::string& name, int64_t n) {
     CMOE_ASSIGN_OR_RETURN(const TensorInfo* t, store_.Get(name));
     if (t->dtype != kernels::DType::kI32 || t->shape != std::vector<int64_t>{n}) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor '", name, "' in file ", t->file, " is ", std::string(kernels::DTypeName(t->dtype)),
-          " ", t->ShapeString(), " but must be I32 [", n, "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' in file ", t->file, " is ",
+                       std::string(kernels::DTypeName(t->dtype)), " ", t->ShapeString(),
+                       " but must be I32 [", n, "]"));
     }
     used_.insert(name);
     std::vector<int32_t> out(static_cast<size_t>(n));
@@ -89,10 +90,9 @@ class Binder {
   absl::Status CheckAllUsed() const {
     for (const auto& [name, t] : store_.tensors()) {
       if (used_.contains(name) || IsHarmlessExtra(name)) continue;
-      return absl::InvalidArgumentError(
-          absl::StrCat("unexpected tensor ", name, " in file ", t->file,
-                       " (not part of a ",
-                       c_kind_, " Llama model with this config.json)"));
+      return absl::InvalidArgumentError(absl::StrCat("unexpected tensor ", name, " in file ",
+                                                     t->file, " (not part of a ", c_kind_,
+                                                     " Llama model with this config.json)"));
     }
     return absl::OkStatus();
   }
@@ -120,13 +120,13 @@ absl::Status BindMoe(Binder& b, const ModelConfig& c, const std::string& p, Laye
   if (m.shared_width > 0) {
     CMOE_ASSIGN_OR_RETURN(moe.shared, BindExpert(b, p + "mlp.shared_experts.", m.shared_width, d));
   } else {
-    moe.shared = {.gate = {.rows = 0, .cols = d}, .up = {.rows = 0, .cols = d},
+    moe.shared = {.gate = {.rows = 0, .cols = d},
+                  .up = {.rows = 0, .cols = d},
                   .down = {.rows = d, .cols = 0}};
   }
   for (int64_t j = 0; j < nr; ++j) {
-    CMOE_ASSIGN_OR_RETURN(
-        ExpertWeights e,
-        BindExpert(b, absl::StrCat(p, "mlp.experts.", j, "."), m.expert_widths[j], d));
+    CMOE_ASSIGN_OR_RETURN(ExpertWeights e, BindExpert(b, absl::StrCat(p, "mlp.experts.", j, "."),
+                                                      m.expert_widths[j], d));
     moe.experts.push_back(e);
   }
   CMOE_ASSIGN_OR_RETURN(moe.router_gate, b.BindF32Copy(p + "mlp.gate.gate.weight", nr, d));
@@ -249,9 +249,12 @@ int64_t Checkpoint::weight_bytes() const {
       total += v->bytes();
     }
     if (!l.moe.has_value()) continue;
-    for (const ExpertWeights* e : {&l.moe->shared}) total += e->gate.bytes() + e->up.bytes() + e->down.bytes();
-    for (const ExpertWeights& e : l.moe->experts) total += e.gate.bytes() + e.up.bytes() + e.down.bytes();
-    total += static_cast<int64_t>(sizeof(float) * (l.moe->router_gate.size() + l.moe->router_up.size()));
+    const MoeLayerWeights& m = *l.moe;
+    total += m.shared.gate.bytes() + m.shared.up.bytes() + m.shared.down.bytes();
+    for (const ExpertWeights& e : m.experts) {
+      total += e.gate.bytes() + e.up.bytes() + e.down.bytes();
+    }
+    total += static_cast<int64_t>(sizeof(float) * (m.router_gate.size() + m.router_up.size()));
   }
   return total;
 }

@@ -1,6 +1,7 @@
-// Loads a Hugging Face Llama directory: config.json plus model.safetensors, or sharded
-// *.safetensors with model.safetensors.index.json. Files are memory-mapped and the weights are used
-// in place (never copied); the Checkpoint owns the mappings.
+// Loads a Hugging Face Llama directory (dense, or carved by cmoe-carve): config.json plus
+// model.safetensors, or sharded *.safetensors with model.safetensors.index.json. Files are
+// memory-mapped and the weights are used in place (never copied); the Checkpoint owns the
+// mappings.
 //
 //   CMOE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open("/models/m"));
 //   const ModelWeights& w = ckpt->weights();
@@ -30,6 +31,8 @@ class Checkpoint {
   // stored alone and serves as both (tinystories-656k stores only lm_head.weight); untied
   // checkpoints need both. Any other tensor is InvalidArgument "unexpected tensor X in file Y",
   // except *rotary_emb.inv_freq, which is ignored. Tensors may mix F32, F16 and BF16.
+  // A config.json with a "cmoe" object is a carved checkpoint: each layer's FFN is bound from
+  // the shared/routed expert, router and neuron_index tensors instead (see LayerWeights::moe).
   // Errors: NotFound for missing files or tensors, InvalidArgument for everything malformed.
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& model_dir);
 

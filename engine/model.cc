@@ -28,7 +28,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(std::unique_ptr<Checkpoint>
 
 namespace {
 
-int64_t ExpertBytes(const ExpertWeights& e) { return e.gate.bytes() + e.up.bytes() + e.down.bytes(); }
+int64_t ExpertBytes(const ExpertWeights& e) {
+  return e.gate.bytes() + e.up.bytes() + e.down.bytes();
+}
 int64_t ExpertMacs(const ExpertWeights& e) {
   return e.gate.elements() + e.up.elements() + e.down.elements();
 }
@@ -120,15 +122,15 @@ absl::Status Model::Validate(std::span<const SequenceChunk> chunks, const KvCach
     }
     if (s.num_activated_experts != 0) {
       if (!c.cmoe.has_value()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Forward: sequence ", i,
-            " sets num_activated_experts but the model is dense (not carved)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("Forward: sequence ", i,
+                         " sets num_activated_experts but the model is dense (not carved)"));
       }
       if (s.num_activated_experts < 1 || s.num_activated_experts > c.cmoe->num_routed()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Forward: sequence ", i, " num_activated_experts ", s.num_activated_experts,
-            " outside [1, ", c.cmoe->num_routed(), "] (the routed experts of ", c.cmoe->Name(),
-            ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("Forward: sequence ", i, " num_activated_experts ",
+                         s.num_activated_experts, " outside [1, ", c.cmoe->num_routed(),
+                         "] (the routed experts of ", c.cmoe->Name(), ")"));
       }
     }
     for (int32_t id : s.tokens) {
@@ -159,8 +161,7 @@ void Model::Resize(int64_t rows, bool dense_ffn) {
   up_.resize(dense_ffn ? n(c.intermediate_size) : 0);
 }
 
-void Model::PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache,
-                     bool dense_ffn) {
+void Model::PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache, bool dense_ffn) {
   rows_ = 0;
   for (const SequenceChunk& s : chunks) rows_ += static_cast<int64_t>(s.tokens.size());
   Resize(rows_, dense_ffn);
@@ -244,11 +245,12 @@ absl::Status Model::MoeFfn(int64_t layer, std::span<const SequenceChunk> chunks)
     int64_t rows = 0;
     size_t j = i;
     for (; j < chunks.size() && k_of(j) == k; ++j) rows += sequences_[j].num_tokens;
-    CMOE_RETURN_IF_ERROR(moe_.Forward(
-        *backend_, w,
-        {.h = h_.data() + first_row * d, .num_tokens = rows, .num_activated = k,
-         .x = x_.data() + first_row * d},
-        &moe_stats_));
+    CMOE_RETURN_IF_ERROR(moe_.Forward(*backend_, w,
+                                      {.h = h_.data() + first_row * d,
+                                       .num_tokens = rows,
+                                       .num_activated = k,
+                                       .x = x_.data() + first_row * d},
+                                      &moe_stats_));
     stats_.neurons_computed += moe_stats_.neurons_computed;
     for (int32_t e = 0; e < n_r; ++e) counts[e] += moe_stats_.tokens_per_expert[e];
     i = j;

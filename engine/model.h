@@ -1,6 +1,6 @@
-// A dense or carved (CMoE) Llama-family model bound to a backend: one batched forward step over sequences of
-// different lengths, mixing prefill chunks and single decode tokens (exactly what continuous
-// batching schedules).
+// A dense or carved (CMoE) Llama-family model bound to a backend: one batched forward step over
+// sequences of different lengths, mixing prefill chunks and single decode tokens (exactly what
+// continuous batching schedules).
 //
 //   CMOE_ASSIGN_OR_RETURN(auto model, Model::Create(std::move(checkpoint), std::move(backend)));
 //   SequenceChunk chunk{.tokens = ids, .start_pos = 0, .blocks = &seq_blocks};

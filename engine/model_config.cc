@@ -183,7 +183,8 @@ absl::StatusOr<int64_t> CmoeInt(const ConfigReader& r, const Json& cmoe, const c
   const std::string name = absl::StrCat("cmoe.", key);
   if (!cmoe.contains(key) || cmoe[key].is_null()) return r.Error(name, "required key missing");
   const Json& v = cmoe[key];
-  if (!v.is_number_integer()) return r.Error(name, absl::StrCat("expected an integer, got ", v.dump()));
+  if (!v.is_number_integer())
+    return r.Error(name, absl::StrCat("expected an integer, got ", v.dump()));
   const int64_t n = v.get<int64_t>();
   if (n < lo || n > hi) {
     return r.Error(name, absl::StrCat("must be in [", lo, ", ", hi, "], got ", n));
@@ -205,9 +206,9 @@ absl::StatusOr<std::string> CmoeChoice(const ConfigReader& r, const Json& cmoe, 
 absl::Status ReadCalibration(const ConfigReader& r, const Json& j, CmoeCalibration& cal) {
   if (!j.is_object()) return r.Error("cmoe.calibration", "expected an object");
   if (j.contains("file") && j["file"].is_string()) cal.file = j["file"].get<std::string>();
-  for (auto [key, field] : {std::pair{"range_begin", &cal.range_begin},
-                            std::pair{"range_end", &cal.range_end}, std::pair{"seqs", &cal.seqs},
-                            std::pair{"len", &cal.len}}) {
+  for (auto [key, field] :
+       {std::pair{"range_begin", &cal.range_begin}, std::pair{"range_end", &cal.range_end},
+        std::pair{"seqs", &cal.seqs}, std::pair{"len", &cal.len}}) {
     if (!j.contains(key)) continue;
     if (!j[key].is_number_integer()) {
       return r.Error(absl::StrCat("cmoe.calibration.", key), "expected an integer");
@@ -307,7 +308,8 @@ double CmoeConfig::ActivationRatio(int32_t k) const {
   for (int64_t w : expert_widths) routed += w;
   const double total = static_cast<double>(shared_width + routed);
   if (total <= 0 || expert_widths.empty()) return 0;
-  const double mean_routed = static_cast<double>(routed) / static_cast<double>(expert_widths.size());
+  const double mean_routed =
+      static_cast<double>(routed) / static_cast<double>(expert_widths.size());
   return (static_cast<double>(shared_width) + k * mean_routed) / total;
 }
 

@@ -1,6 +1,6 @@
-// Views of every weight of a dense or carved (CMoE) Llama model, bound to the tensors of a loaded checkpoint.
-// Views point into memory-mapped files owned by the Checkpoint (engine/checkpoint.h); they are
-// valid as long as it lives.
+// Views of every weight of a dense or carved (CMoE) Llama model, bound to the tensors of a loaded
+// checkpoint. Views point into memory-mapped files owned by the Checkpoint (engine/checkpoint.h);
+// they are valid as long as it lives.
 #ifndef CMOE_ENGINE_MODEL_WEIGHTS_H_
 #define CMOE_ENGINE_MODEL_WEIGHTS_H_
 

@@ -28,7 +28,7 @@ class StagedOutputDir {
   StagedOutputDir(const StagedOutputDir&) = delete;
   StagedOutputDir& operator=(const StagedOutputDir&) = delete;
 
-  const std::string& path() const { return staging_; }  // where to write the files
+  const std::string& path() const { return staging_; }    // where to write the files
   const std::string& target() const { return out_dir_; }  // where they appear on Commit
   std::string Join(const std::string& name) const { return staging_ + "/" + name; }
 

@@ -4,7 +4,11 @@
 # Calibration and evaluation use disjoint byte ranges of ../shared/data/tinystories_val.txt.
 #
 #   scripts/carve-quality.sh [BUILD_DIR]        (env: WORK=/tmp/cmoe-quality THREADS=2
-#                                                 CONFIGS="S3A3E8 ..." MAX_WINDOWS=0)
+#                                                 CONFIGS="S3A3E8 ..." MAX_WINDOWS=0
+#                                                 CARVE_ARGS="--balance-bias 1e-3")
+#
+# Each cell: perplexity (carve seconds, calibration load imbalance = max/mean tokens per routed
+# expert, averaged over layers).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build}"
@@ -14,6 +18,7 @@ work="${WORK:-/tmp/cmoe-quality}"
 threads="${THREADS:-2}"
 configs="${CONFIGS:-S3A3E8 S2A4E8 S2A2E16 S1A3E16 S4A4E16}"
 max_windows="${MAX_WINDOWS:-0}"
+carve_args="${CARVE_ARGS:-}"
 text="$shared/data/tinystories_val.txt"
 calib_range="0:400000"
 eval_range="400000:"
@@ -49,10 +54,16 @@ for name in stories260K tinystories-656k babyllama-tok105; do
   for config in $configs; do
     out="$work/$name-$config"
     json=$("$bin/cmoe-carve" --model "${dense[$name]}" --calib "$text" --calib-range "$calib_range" \
-      --config "$config" --out "$out" --force --threads "$threads" --json 2>/dev/null)
+      --config "$config" --out "$out" --force --threads "$threads" --json $carve_args 2>/dev/null)
     secs=$(echo "$json" | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["carve_seconds"])')
+    imbalance=$(python3 -c '
+import json, sys
+layers = json.load(open(sys.argv[1]))["layers"]
+ratios = [max(l["tokens_per_expert"]) * len(l["tokens_per_expert"]) / sum(l["tokens_per_expert"])
+          for l in layers]
+print("%.2f" % (sum(ratios) / len(ratios)))' "$out/carve_report.json")
     read -r carved_ppl _ _ < <(ppl "$out")
-    row="$row $carved_ppl (${secs} s) |"
+    row="$row $carved_ppl (${secs} s, ${imbalance}x) |"
   done
   echo "$row"
 done

@@ -1,15 +1,15 @@
 // cmoe-bench: end-to-end speed of a checkpoint on this machine.
 //
-//   cmoe-bench decode  --model DIR [--compare DIR2,DIR3] --batch B --tokens N [--threads T] [--json]
-//   cmoe-bench prefill --model DIR --tokens N [--threads T] [--json]
+//   cmoe-bench decode  --model DIR [--compare DIR2,DIR3] --batch B --tokens N [--threads T]
+//   [--json] cmoe-bench prefill --model DIR --tokens N [--threads T] [--json]
 //
 // decode reports tokens/s, the weight bytes one step reads (carved models: the routed experts the
 // step touched), the achieved GB/s, and this machine's read bandwidth measured by the same threads
-// in the same run, with their ratio; with --compare, every model's speedup over --model. prefill reports
-// tokens/s and GFLOP/s of one N-token prompt.
+// in the same run, with their ratio; with --compare, every model's speedup over --model. prefill
+// reports tokens/s and GFLOP/s of one N-token prompt.
 #include <algorithm>
-#include <memory>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -104,8 +104,8 @@ class DecodeRun {
     CMOE_ASSIGN_OR_RETURN(run->m_, Load(dir, batch * (prompt_len + steps + 2 + 16)));
     const engine::ModelConfig& config = run->m_.model->config();
     if (prompt_len + steps + 2 > config.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--prompt + --tokens exceed the context of ", config.max_position_embeddings, " of ", dir));
+      return absl::InvalidArgumentError(absl::StrCat("--prompt + --tokens exceed the context of ",
+                                                     config.max_position_embeddings, " of ", dir));
     }
     run->seqs_.resize(static_cast<size_t>(batch));
     run->next_.resize(static_cast<size_t>(batch));
@@ -155,17 +155,18 @@ class DecodeRun {
     const double median = Median(step_seconds_);
     const double bytes = Median(step_bytes_);
     const double achieved = bytes / median / 1e9;
-    nlohmann::json j{{"model", dir_},
-                     {"tokens_per_second", static_cast<double>(batch) * step_seconds_.size() / total},
-                     {"median_step_ms", median * 1e3},
-                     {"median_tokens_per_second", static_cast<double>(batch) / median},
-                     {"weight_bytes_per_step", bytes},
-                     {"weight_bytes_per_token", bytes / static_cast<double>(batch)},
-                     {"achieved_gbps", achieved},
-                     {"read_bandwidth_gbps", bandwidth},
-                     {"bandwidth_ratio", achieved / bandwidth},
-                     {"ffn_activation_ratio",
-                      neurons_dense_ > 0 ? static_cast<double>(neurons_) / neurons_dense_ : 0.0}};
+    nlohmann::json j{
+        {"model", dir_},
+        {"tokens_per_second", static_cast<double>(batch) * step_seconds_.size() / total},
+        {"median_step_ms", median * 1e3},
+        {"median_tokens_per_second", static_cast<double>(batch) / median},
+        {"weight_bytes_per_step", bytes},
+        {"weight_bytes_per_token", bytes / static_cast<double>(batch)},
+        {"achieved_gbps", achieved},
+        {"read_bandwidth_gbps", bandwidth},
+        {"bandwidth_ratio", achieved / bandwidth},
+        {"ffn_activation_ratio",
+         neurons_dense_ > 0 ? static_cast<double>(neurons_) / neurons_dense_ : 0.0}};
     if (const auto& cmoe = m_.model->config().cmoe; cmoe.has_value()) {
       j["cmoe"] = cmoe->Name();
       j["routed_experts"] = cmoe->num_routed();
@@ -246,15 +247,18 @@ absl::Status RunDecode() {
                           " GB/s measured (", 100.0 * j["bandwidth_ratio"].get<double>(), " %)"));
     return absl::OkStatus();
   }
-  nlohmann::json j{{"mode", "decode"}, {"batch", batch},         {"steps", steps},
-                   {"threads", Threads()}, {"read_bandwidth_gbps", bandwidth}, {"models", results}};
-  std::string text = absl::StrCat("decode batch ", batch, ", ", Threads(), " threads, read bandwidth ",
-                                  bandwidth, " GB/s");
+  nlohmann::json j{{"mode", "decode"},
+                   {"batch", batch},
+                   {"steps", steps},
+                   {"threads", Threads()},
+                   {"read_bandwidth_gbps", bandwidth},
+                   {"models", results}};
+  std::string text = absl::StrCat("decode batch ", batch, ", ", Threads(),
+                                  " threads, read bandwidth ", bandwidth, " GB/s");
   for (const auto& r : results) {
     absl::StrAppend(&text, "\n  ", r["model"].get<std::string>(), ": ",
                     r["tokens_per_second"].get<double>(), " tok/s (median step ",
-                    r["median_step_ms"].get<double>(), " ms, ", r["speedup"].get<double>(),
-                    "x), ",
+                    r["median_step_ms"].get<double>(), " ms, ", r["speedup"].get<double>(), "x), ",
                     r["weight_bytes_per_step"].get<double>() / 1e9, " GB/step, ",
                     100.0 * r["bandwidth_ratio"].get<double>(), " % of bandwidth");
     if (r.contains("experts_touched_per_layer")) {

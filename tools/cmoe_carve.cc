@@ -37,7 +37,8 @@ ABSL_FLAG(int32_t, active, 0, "N_k: routed experts per token (instead of --confi
 ABSL_FLAG(int32_t, k_act, 10, "K_a: neurons marked active per calibration token");
 ABSL_FLAG(int64_t, calib_seqs, 8, "Calibration sequences");
 ABSL_FLAG(int64_t, calib_len, 2048, "Tokens per calibration sequence (capped at the context)");
-ABSL_FLAG(std::string, calib_range, "", "Byte range START:END of --calib to draw from (default all)");
+ABSL_FLAG(std::string, calib_range, "",
+          "Byte range START:END of --calib to draw from (default all)");
 ABSL_FLAG(uint64_t, seed, 0, "Seed of the calibration windows");
 ABSL_FLAG(std::string, score, "normalized", "Activation scores: normalized (reference) | raw");
 ABSL_FLAG(std::string, router, "reference", "Router: reference (|score|, unit rows) | paper");
@@ -64,8 +65,8 @@ absl::StatusOr<engine::carve::CarveConfig> ParseConfigFlags() {
     std::smatch m;
     const std::string upper = absl::AsciiStrToUpper(name);
     if (!std::regex_match(upper, m, std::regex(R"(S(\d{1,6})A(\d{1,6})E(\d{1,6}))"))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--config '", name, "' is not S<shared>A<active>E<experts> (e.g. S2A2E16)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--config '", name, "' is not S<shared>A<active>E<experts> (e.g. S2A2E16)"));
     }
     c.num_shared = std::stoi(m[1]);
     c.num_activated = std::stoi(m[2]);
@@ -117,12 +118,13 @@ absl::Status CheckDistinctDirs(const std::string& model, const std::string& out)
 }
 
 void PrintLayer(const engine::carve::LayerReport& r, int64_t layers) {
-  const double t = r.forward_s + r.scores_s + r.markers_s + r.assignment_s + r.centroid_s + r.apply_s;
+  const double t =
+      r.forward_s + r.scores_s + r.markers_s + r.assignment_s + r.centroid_s + r.apply_s;
   std::fprintf(stderr,
                "layer %lld/%lld: %.2f s (attention %.2f, scores %.2f, markers %.2f, "
                "assignment %.2f, centroids %.2f, carved FFN %.2f), assignment cost %lld\n",
-               static_cast<long long>(r.layer + 1), static_cast<long long>(layers), t,
-               r.forward_s, r.scores_s, r.markers_s, r.assignment_s, r.centroid_s, r.apply_s,
+               static_cast<long long>(r.layer + 1), static_cast<long long>(layers), t, r.forward_s,
+               r.scores_s, r.markers_s, r.assignment_s, r.centroid_s, r.apply_s,
                static_cast<long long>(r.assignment_cost));
 }
 
@@ -162,12 +164,11 @@ absl::Status Run() {
   // before any minute is spent carving.
   CMOE_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(model_dir));
   if (config.cmoe.has_value()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("model ", model_dir, " is already carved (", config.cmoe->Name(),
-                     "); carve the dense original instead"));
+    return absl::FailedPreconditionError(absl::StrCat("model ", model_dir, " is already carved (",
+                                                      config.cmoe->Name(),
+                                                      "); carve the dense original instead"));
   }
-  CMOE_RETURN_IF_ERROR(
-      engine::carve::ValidateCarveConfig(layer_config, config.intermediate_size));
+  CMOE_RETURN_IF_ERROR(engine::carve::ValidateCarveConfig(layer_config, config.intermediate_size));
   if (calib.len > config.max_position_embeddings) {
     CMOE_LOG(INFO) << "--calib-len " << calib.len << " capped at the model's context of "
                    << config.max_position_embeddings;
@@ -177,11 +178,10 @@ absl::Status Run() {
   // need tens of GB (the paper's 8 x 2048 = 16,384 is 64x below).
   constexpr int64_t kMaxCalibTokens = int64_t{1} << 20;
   if (absl::GetFlag(FLAGS_calib_seqs) > kMaxCalibTokens ||
-      calib.seqs * calib.len >
-          kMaxCalibTokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--calib-seqs x --calib-len is more than the ", kMaxCalibTokens,
-                     " calibration tokens supported"));
+      calib.seqs * calib.len > kMaxCalibTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("--calib-seqs x --calib-len is more than the ",
+                                                   kMaxCalibTokens,
+                                                   " calibration tokens supported"));
   }
 
   CMOE_ASSIGN_OR_RETURN(std::unique_ptr<engine::StagedOutputDir> dir,
@@ -210,8 +210,7 @@ absl::Status Run() {
            .on_layer = [layers](const engine::carve::LayerReport& r) { PrintLayer(r, layers); }}));
   ProgressLine progress("MiB written");
   CMOE_RETURN_IF_ERROR(engine::carve::WriteCarvedCheckpoint(
-      m.model->checkpoint(), carved, *dir,
-      [&](int64_t done, int64_t all) {
+      m.model->checkpoint(), carved, *dir, [&](int64_t done, int64_t all) {
         if (all >= (int64_t{256} << 20)) progress.Update(done >> 20, all >> 20);
       }));
   CMOE_RETURN_IF_ERROR(dir->Commit());
@@ -228,9 +227,10 @@ absl::Status Run() {
                      {"report", out + "/carve_report.html"}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("carved %s into %s (%s, %.1f%% of the FFN active per token) in %.1f s; report: %s\n",
-                model_dir.c_str(), out.c_str(), r.config_name.c_str(), 100 * r.activation_ratio,
-                total.Seconds(), (out + "/carve_report.html").c_str());
+    std::printf(
+        "carved %s into %s (%s, %.1f%% of the FFN active per token) in %.1f s; report: %s\n",
+        model_dir.c_str(), out.c_str(), r.config_name.c_str(), 100 * r.activation_ratio,
+        total.Seconds(), (out + "/carve_report.html").c_str());
   }
   return absl::OkStatus();
 }

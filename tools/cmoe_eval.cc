@@ -72,8 +72,7 @@ absl::Status RunPerplexity() {
                                            .threads = absl::GetFlag(FLAGS_threads)}));
   const auto& cmoe = m.model->config().cmoe;
   CMOE_RETURN_IF_ERROR(CheckActiveExperts(absl::GetFlag(FLAGS_active_experts),
-                                          cmoe ? cmoe->num_routed() : 0,
-                                          cmoe ? cmoe->Name() : ""));
+                                          cmoe ? cmoe->num_routed() : 0, cmoe ? cmoe->Name() : ""));
   Timer timer;
   // The GPTQ protocol: one BOS at the start of the whole text.
   absl::StatusOr<std::vector<int32_t>> tokens = m.tokenizer->Encode(

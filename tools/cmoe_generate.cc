@@ -83,8 +83,7 @@ absl::Status Run() {
                                            .threads = absl::GetFlag(FLAGS_threads)}));
   const auto& cmoe = m.model->config().cmoe;
   CMOE_RETURN_IF_ERROR(CheckActiveExperts(absl::GetFlag(FLAGS_active_experts),
-                                          cmoe ? cmoe->num_routed() : 0,
-                                          cmoe ? cmoe->Name() : ""));
+                                          cmoe ? cmoe->num_routed() : 0, cmoe ? cmoe->Name() : ""));
   CMOE_ASSIGN_OR_RETURN(engine::EncodeOptions encode, PromptEncodeOptions(*m.tokenizer));
   const std::string prompt_text = absl::GetFlag(FLAGS_prompt);
   CMOE_ASSIGN_OR_RETURN(std::vector<int32_t> prompt, m.tokenizer->Encode(prompt_text, encode));

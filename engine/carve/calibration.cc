@@ -52,9 +52,10 @@ absl::StatusOr<CalibrationSet> MakeCalibration(std::string_view text, std::strin
                                                const Tokenizer& tokenizer) {
   const std::string name(name_view);
   if (o.seqs < 1 || o.len < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("calibration needs at least one sequence of at "
-                                                   "least one token (got ",
-                                                   o.seqs, " x ", o.len, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("calibration needs at least one sequence of at "
+                     "least one token (got ",
+                     o.seqs, " x ", o.len, ")"));
   }
   const auto size = static_cast<int64_t>(text.size());
   int64_t begin = o.range_begin;
@@ -71,9 +72,9 @@ absl::StatusOr<CalibrationSet> MakeCalibration(std::string_view text, std::strin
   CalibrationSet set;
   set.range_begin = begin;
   set.range_end = end;
-  const absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(
-      text.substr(begin, end - begin),
-      {.add_bos = true, .add_dummy_prefix = tokenizer.DefaultDummyPrefix()});
+  const absl::StatusOr<std::vector<int32_t>> ids =
+      tokenizer.Encode(text.substr(begin, end - begin),
+                       {.add_bos = true, .add_dummy_prefix = tokenizer.DefaultDummyPrefix()});
   if (!ids.ok()) {
     return Annotate(ids.status(), absl::StrCat("calibration text ", name));
   }

@@ -19,11 +19,12 @@ namespace {
 constexpr int32_t kCalibBlockSize = 16;
 
 std::string ScoreName(ScoreVariant v) { return v == ScoreVariant::kRaw ? "raw" : "normalized"; }
-std::string RouterName(RouterVariant v) { return v == RouterVariant::kPaper ? "paper" : "reference"; }
+std::string RouterName(RouterVariant v) {
+  return v == RouterVariant::kPaper ? "paper" : "reference";
+}
 
 CmoeConfig MakeCmoeConfig(const CarveModelOptions& o, int64_t ffn_width, const CalibrationSet& c) {
-  const ExpertWidthPlan widths =
-      ExpertWidths(ffn_width, o.layer.num_experts, o.layer.num_shared);
+  const ExpertWidthPlan widths = ExpertWidths(ffn_width, o.layer.num_experts, o.layer.num_shared);
   CmoeConfig m;
   m.num_experts = o.layer.num_experts;
   m.num_shared_experts = o.layer.num_shared;
@@ -77,9 +78,9 @@ absl::Status CheckWindows(const CalibrationSet& calib, const ModelConfig& c) {
   for (size_t i = 0; i < calib.windows.size(); ++i) {
     const auto len = static_cast<int64_t>(calib.windows[i].size());
     if (len < 1 || len > c.max_position_embeddings) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("calibration sequence ", i, " has ", len, " tokens; want 1..",
-                       c.max_position_embeddings, " (the model's context)"));
+      return absl::InvalidArgumentError(absl::StrCat("calibration sequence ", i, " has ", len,
+                                                     " tokens; want 1..", c.max_position_embeddings,
+                                                     " (the model's context)"));
     }
   }
   return absl::OkStatus();
@@ -110,9 +111,9 @@ absl::StatusOr<CarvedModel> CarveModel(Model& model, const CalibrationSet& calib
                                        const CarveModelOptions& o) {
   const ModelConfig& c = model.config();
   if (c.cmoe.has_value()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("model ", model.checkpoint().dir(), " is already carved (",
-                     c.cmoe->Name(), "); carve the dense original instead"));
+    return absl::FailedPreconditionError(absl::StrCat("model ", model.checkpoint().dir(),
+                                                      " is already carved (", c.cmoe->Name(),
+                                                      "); carve the dense original instead"));
   }
   CMOE_RETURN_IF_ERROR(ValidateCarveConfig(o.layer, c.intermediate_size));
   if (!(o.balance_bias_gamma >= 0)) {
@@ -162,14 +163,12 @@ absl::StatusOr<CarvedModel> CarveModel(Model& model, const CalibrationSet& calib
     r.layer = layer;
     r.forward_s = phase.Seconds();
     const LayerWeights& dense = model.checkpoint().weights().layers[layer];
-    CMOE_ASSIGN_OR_RETURN(
-        LayerCarve lc,
-        CarveLayer({.x = h,
-                    .num_tokens = rows,
-                    .w_gate = dense.w_gate,
-                    .w_up = dense.w_up,
-                    .backend = &model.backend()},
-                   o.layer, &pool));
+    CMOE_ASSIGN_OR_RETURN(LayerCarve lc, CarveLayer({.x = h,
+                                                     .num_tokens = rows,
+                                                     .w_gate = dense.w_gate,
+                                                     .w_up = dense.w_up,
+                                                     .backend = &model.backend()},
+                                                    o.layer, &pool));
     phase.Reset();
     CarvedLayer carved{.shared_neurons = std::move(lc.shared_neurons),
                        .expert_neurons = std::move(lc.expert_neurons),

@@ -34,32 +34,32 @@ struct LayerReport {
   int64_t layer = 0;
   ActivationRateSummary activation;
   int64_t shared_width = 0;
-  std::vector<int64_t> expert_widths;    // (N_r)
-  int64_t assignment_cost = 0;           // optimal Hamming cost of the first assignment
+  std::vector<int64_t> expert_widths;  // (N_r)
+  int64_t assignment_cost = 0;         // optimal Hamming cost of the first assignment
   int32_t cluster_iters_run = 0;
-  std::vector<int64_t> seeds;            // (N_r) original neuron index
-  std::vector<int64_t> representatives;  // (N_r) original neuron index
+  std::vector<int64_t> seeds;              // (N_r) original neuron index
+  std::vector<int64_t> representatives;    // (N_r) original neuron index
   std::vector<int64_t> tokens_per_expert;  // (N_r) calibration tokens routed to each expert
   std::vector<double> balance_bias;        // (N_r) final bias b (all 0 without --balance-bias)
   // Seconds per phase.
-  double forward_s = 0;     // attention of this layer on the calibration tokens (+ norms)
+  double forward_s = 0;  // attention of this layer on the calibration tokens (+ norms)
   double scores_s = 0;
   double markers_s = 0;
   double assignment_s = 0;
   double centroid_s = 0;
-  double apply_s = 0;       // the carved FFN run on the calibration tokens (input of the next layer)
+  double apply_s = 0;  // the carved FFN run on the calibration tokens (input of the next layer)
 };
 
 struct CarveReport {
-  std::string model_dir;       // the dense model carved
-  std::string out_dir;         // the carved checkpoint
-  std::string config_name;     // "S2A2E16"
-  int32_t num_experts = 0;     // N
-  int32_t num_shared = 0;      // N_s
-  int32_t num_activated = 0;   // N_k
-  int32_t k_act = 0;           // K_a
-  std::string score;           // "normalized" | "raw"
-  std::string router;          // "reference" | "paper"
+  std::string model_dir;      // the dense model carved
+  std::string out_dir;        // the carved checkpoint
+  std::string config_name;    // "S2A2E16"
+  int32_t num_experts = 0;    // N
+  int32_t num_shared = 0;     // N_s
+  int32_t num_activated = 0;  // N_k
+  int32_t k_act = 0;          // K_a
+  std::string score;          // "normalized" | "raw"
+  std::string router;         // "reference" | "paper"
   int32_t cluster_iters = 0;
   double balance_bias_gamma = 0;  // 0: off
   // Calibration.

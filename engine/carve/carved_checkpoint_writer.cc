@@ -74,8 +74,8 @@ absl::Status AddLayer(SafetensorsWriter& writer, int64_t layer, const LayerWeigh
   }
   index.insert(index.end(), carved.shared_neurons.begin(), carved.shared_neurons.end());
   for (int64_t j = 0; j < n_r; ++j) {
-    CMOE_RETURN_IF_ERROR(AddExpert(writer, absl::StrCat(p, "experts.", j, "."), dense,
-                                   carved.expert_neurons[j]));
+    CMOE_RETURN_IF_ERROR(
+        AddExpert(writer, absl::StrCat(p, "experts.", j, "."), dense, carved.expert_neurons[j]));
     index.insert(index.end(), carved.expert_neurons[j].begin(), carved.expert_neurons[j].end());
   }
   CMOE_RETURN_IF_ERROR(writer.AddF32(p + "gate.gate.weight", {n_r, d}, carved.router.gate));
@@ -139,8 +139,7 @@ absl::Status WriteCarvedCheckpoint(const Checkpoint& dense, const CarvedModel& c
   }
   std::vector<int32_t> index;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    CMOE_RETURN_IF_ERROR(
-        AddLayer(writer, l, dense.weights().layers[l], carved.layers[l], index));
+    CMOE_RETURN_IF_ERROR(AddLayer(writer, l, dense.weights().layers[l], carved.layers[l], index));
   }
   CMOE_RETURN_IF_ERROR(writer.Write(dir.Join("model.safetensors"), progress));
   CMOE_RETURN_IF_ERROR(
@@ -153,10 +152,8 @@ absl::Status WriteCarvedCheckpoint(const Checkpoint& dense, const CarvedModel& c
   }
   CarveReport report = carved.report;
   report.out_dir = dir.target();
-  CMOE_RETURN_IF_ERROR(
-      WriteFileAtomically(dir.Join("carve_report.json"), CarveReportJson(report)));
-  CMOE_RETURN_IF_ERROR(
-      WriteFileAtomically(dir.Join("carve_report.html"), CarveReportHtml(report)));
+  CMOE_RETURN_IF_ERROR(WriteFileAtomically(dir.Join("carve_report.json"), CarveReportJson(report)));
+  CMOE_RETURN_IF_ERROR(WriteFileAtomically(dir.Join("carve_report.html"), CarveReportHtml(report)));
   return absl::OkStatus();
 }
 

@@ -24,7 +24,7 @@ namespace cmoe::engine::carve {
 
 // Files copied from the dense directory when present.
 inline constexpr const char* kTokenizerFiles[] = {
-    "tokenizer.json",          "tokenizer.model",          "tokenizer_config.json",
+    "tokenizer.json",          "tokenizer.model",        "tokenizer_config.json",
     "special_tokens_map.json", "generation_config.json", "added_tokens.json"};
 
 // Expert tensors keep the dtype of the dense FFN tensors; router rows, bias and scale are F32;

@@ -50,8 +50,8 @@ OwnedMatrix Columns(const kernels::WeightView& w, std::span<const int64_t> cols)
 
 OwnedExpert SliceExpert(const kernels::WeightView& w_gate, const kernels::WeightView& w_up,
                         const kernels::WeightView& w_down, std::span<const int64_t> neurons) {
-  return {.gate = Rows(w_gate, neurons), .up = Rows(w_up, neurons),
-          .down = Columns(w_down, neurons)};
+  return {
+      .gate = Rows(w_gate, neurons), .up = Rows(w_up, neurons), .down = Columns(w_down, neurons)};
 }
 
 }  // namespace cmoe::engine::carve

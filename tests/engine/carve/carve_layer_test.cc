@@ -12,9 +12,9 @@
 
 #include "common/thread_pool.h"
 #include "engine/carve/activation_markers.h"
-#include "kernels/backend_factory.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/backend_factory.h"
 
 namespace cmoe::engine::carve {
 namespace {
@@ -161,24 +161,24 @@ TEST(ComputeScoresTest, MatchesDoubleReferenceForBothVariants) {
   auto cpu = kernels::CreateBackend({.device = "cpu", .threads = 2});
   auto reference = kernels::CreateBackend({.device = "reference"});
   ASSERT_TRUE(cpu.ok() && reference.ok());
-  for (kernels::Backend* backend : {static_cast<kernels::Backend*>(nullptr), cpu->get(),
-                                    reference->get()})
-  for (ScoreVariant v : {ScoreVariant::kNormalized, ScoreVariant::kRaw}) {
-    SCOPED_TRACE(backend == nullptr ? "loops" : backend == cpu->get() ? "cpu" : "reference");
-    CarveLayerInputs in = l.Inputs();
-    in.backend = backend;
-    auto h = ComputeScores(in, v, &pool);
-    ASSERT_TRUE(h.ok()) << h.status();
-    const bool norm = v == ScoreVariant::kNormalized;
-    for (int64_t t = 0; t < l.q; ++t) {
-      const auto x = Normalized(&l.x[t * l.d], l.d, norm);
-      for (int64_t i = 0; i < l.d_h; ++i) {
-        const double want = Silu(DotD(x, Normalized(&l.gate[i * l.d], l.d, norm))) *
-                            DotD(x, Normalized(&l.up[i * l.d], l.d, norm));
-        ASSERT_NEAR((*h)[t * l.d_h + i], want, 1e-4 * (1 + std::abs(want))) << t << " " << i;
+  for (kernels::Backend* backend :
+       {static_cast<kernels::Backend*>(nullptr), cpu->get(), reference->get()})
+    for (ScoreVariant v : {ScoreVariant::kNormalized, ScoreVariant::kRaw}) {
+      SCOPED_TRACE(backend == nullptr ? "loops" : backend == cpu->get() ? "cpu" : "reference");
+      CarveLayerInputs in = l.Inputs();
+      in.backend = backend;
+      auto h = ComputeScores(in, v, &pool);
+      ASSERT_TRUE(h.ok()) << h.status();
+      const bool norm = v == ScoreVariant::kNormalized;
+      for (int64_t t = 0; t < l.q; ++t) {
+        const auto x = Normalized(&l.x[t * l.d], l.d, norm);
+        for (int64_t i = 0; i < l.d_h; ++i) {
+          const double want = Silu(DotD(x, Normalized(&l.gate[i * l.d], l.d, norm))) *
+                              DotD(x, Normalized(&l.up[i * l.d], l.d, norm));
+          ASSERT_NEAR((*h)[t * l.d_h + i], want, 1e-4 * (1 + std::abs(want))) << t << " " << i;
+        }
       }
     }
-  }
 }
 
 TEST(ComputeScoresTest, NormalizedIgnoresRowScalesRawDoesNot) {
