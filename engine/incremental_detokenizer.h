@@ -26,8 +26,11 @@ namespace cmoe::engine {
 
 class IncrementalDetokenizer {
  public:
-  // `tokenizer` is borrowed and must outlive this object.
-  explicit IncrementalDetokenizer(const Tokenizer& tokenizer) : tokenizer_(&tokenizer) {}
+  // `tokenizer` is borrowed and must outlive this object. `previous` is the token before the
+  // first pushed one (-1: none, the start of a text). Streaming a continuation, pass the prompt's
+  // last token: a leading "▁" is a space there, dropped only at the start of a text.
+  explicit IncrementalDetokenizer(const Tokenizer& tokenizer, int32_t previous = -1)
+      : tokenizer_(&tokenizer), previous_(previous) {}
 
   // Appends token `id`; returns the newly completed text (possibly ""), holding back a trailing
   // incomplete UTF-8 sequence. An id outside the vocabulary is InvalidArgument and changes

@@ -87,7 +87,8 @@ absl::Status Run() {
   CMOE_ASSIGN_OR_RETURN(engine::EncodeOptions encode, PromptEncodeOptions(*m.tokenizer));
   const std::string prompt_text = absl::GetFlag(FLAGS_prompt);
   CMOE_ASSIGN_OR_RETURN(std::vector<int32_t> prompt, m.tokenizer->Encode(prompt_text, encode));
-  engine::IncrementalDetokenizer detok(*m.tokenizer);
+  // Primed with the prompt's last token, so the continuation keeps its leading space.
+  engine::IncrementalDetokenizer detok(*m.tokenizer, prompt.empty() ? -1 : prompt.back());
   const bool json = absl::GetFlag(FLAGS_json);
   std::string text;
   absl::Status stream_status;
