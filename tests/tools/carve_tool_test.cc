@@ -19,6 +19,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 #include "tests/tools/subprocess.h"
+#include "tests/tools/tool_runner.h"
 
 namespace cmoe::testing {
 namespace {
@@ -29,88 +30,13 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 using ::testing::StartsWith;
-using Json = nlohmann::json;
 
-constexpr double kToolTimeoutSeconds = 60.0;
 constexpr char kPrompt[] = "Once upon a time";
 constexpr char kCalibRange[] = "0:200000";      // the carve calibrates here ...
 constexpr char kEvalRange[] = "200000:300000";  // ... and is evaluated on text it never saw
 
 std::string Tinystories() { return SharedModel("tinystories-656k"); }
 std::string ValText() { return SharedData("tinystories_val.txt"); }
-
-// --- Helpers, as in tools_test.cc --------------------------------------------------------------
-
-std::string CommandLine(const std::vector<std::string>& argv) {
-  std::string line;
-  for (const std::string& arg : argv) line += (line.empty() ? "" : " ") + arg;
-  return line;
-}
-
-void ExpectNoCrash(const SubprocessResult& r) {
-  ASSERT_TRUE(r.spawned) << r.error;
-  EXPECT_FALSE(r.timed_out) << "stderr:\n" << r.err;
-  EXPECT_EQ(r.term_signal, 0) << "stderr:\n" << r.err;
-  EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 1) << r.Describe() << "\nstderr:\n" << r.err;
-  for (const char* marker : {"Segmentation", "Aborted", "terminate called", "Sanitizer",
-                             "runtime error:", "core dumped"}) {
-    EXPECT_THAT(r.err, Not(HasSubstr(marker)));
-  }
-}
-
-// build/bin of this build; CMOE_TOOLS_BIN_DIR in the environment overrides it.
-std::string BinDir() {
-  const char* env = std::getenv("CMOE_TOOLS_BIN_DIR");
-  return env != nullptr && *env != '\0' ? env : CMOE_BIN_DIR;
-}
-
-SubprocessResult RunTool(const std::string& tool, const std::vector<std::string>& args) {
-  std::vector<std::string> argv{BinDir() + "/" + tool};
-  argv.insert(argv.end(), args.begin(), args.end());
-  SCOPED_TRACE(CommandLine(argv));
-  SubprocessResult r = RunSubprocess({.argv = argv, .timeout_seconds = kToolTimeoutSeconds});
-  ExpectNoCrash(r);
-  return r;
-}
-
-::testing::AssertionResult Succeeded(const SubprocessResult& r) {
-  if (r.spawned && !r.timed_out && r.exit_code == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << r.Describe() << "\nstderr:\n" << r.err;
-}
-
-// Exit 1 with "<tool>: error: ..." on stderr that contains every one of `mentions`.
-void ExpectToolError(const SubprocessResult& r, const std::string& tool,
-                     const std::vector<std::string>& mentions) {
-  EXPECT_EQ(r.exit_code, 1) << r.Describe() << "\nstdout:\n" << r.out;
-  EXPECT_THAT(r.err, HasSubstr(tool + ": error: "));
-  for (const std::string& m : mentions) EXPECT_THAT(r.err, HasSubstr(m));
-}
-
-Json StdoutJson(const SubprocessResult& r) {
-  const size_t newline = r.out.find('\n');
-  EXPECT_EQ(newline, r.out.size() - 1) << "want exactly one line on stdout:\n" << r.out;
-  Json j = Json::parse(r.out, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    ADD_FAILURE() << "stdout is not a JSON object:\n" << r.out << "\nstderr:\n" << r.err;
-    return Json();
-  }
-  return j;
-}
-
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-Json ReadJsonFile(const std::string& path) {
-  Json j = Json::parse(ReadBytes(path), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) ADD_FAILURE() << path << " is not JSON";
-  return j;
-}
-
-bool IsFile(const std::string& path) { return fs::is_regular_file(path); }
 
 // --- Carve helpers ------------------------------------------------------------------------------
 
