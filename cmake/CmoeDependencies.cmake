@@ -32,3 +32,6 @@ target_link_libraries(cmoe::grpcpp INTERFACE PkgConfig::GRPCPP protobuf::libprot
 add_library(cmoe::grpcpp_reflection INTERFACE IMPORTED)
 target_link_libraries(cmoe::grpcpp_reflection INTERFACE ${CMOE_GRPCPP_REFLECTION_LIBRARY}
                                                         cmoe::grpcpp)
+# Prometheus metrics (the server's /metrics endpoint; Debian: prometheus-cpp-dev). Targets
+# prometheus-cpp::core (registry, metric types, text serializer) and prometheus-cpp::pull (Exposer).
+find_package(prometheus-cpp CONFIG REQUIRED)

@@ -1,0 +1,195 @@
+// cmoe-serve: serves one checkpoint directory over gRPC (cmoe.v1.Inference, grpc.health.v1 and
+// server reflection).
+//
+//   cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N]
+//              [--max-batch-tokens 512] [--max-running 64] [--max-waiting 256]
+//              [--kv-cache-tokens N] [--drain-timeout 30]
+//
+// The server starts (health NOT_SERVING, Inference RPCs UNAVAILABLE) before the model loads and
+// prints "listening on HOST:PORT" on stdout; health turns SERVING once the model is loaded.
+// SIGTERM/SIGINT: health NOT_SERVING, the engine drains for --drain-timeout seconds (new calls
+// get UNAVAILABLE), the server shuts down, exit 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "engine/engine.h"
+#include "engine/model_config.h"
+#include "engine/model_loader.h"
+#include "server/inference_service.h"
+#include "tools/tool_util.h"
+
+ABSL_FLAG(std::string, model, "", "Model directory (Hugging Face layout; required)");
+ABSL_FLAG(std::string, model_name, "",
+          "Name reported by GetModelInfo (default: the model directory's base name)");
+ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on");
+ABSL_FLAG(int32_t, port, 50051, "Port to listen on (0: pick a free port)");
+ABSL_FLAG(int32_t, threads, 0, "CPU threads for the model (0: all cores)");
+ABSL_FLAG(int64_t, max_batch_tokens, 512, "Tokens per engine step (decodes + prefill chunks)");
+ABSL_FLAG(int64_t, max_running, 64, "Sequences in the batch");
+ABSL_FLAG(int64_t, max_waiting, 256, "Queued requests; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, kv_cache_tokens, 0,
+          "Positions the KV cache holds over all sequences (0: max_running * context, capped "
+          "at 4 GiB of cache and at least one context)");
+ABSL_FLAG(double, drain_timeout, 30, "Seconds to let in-flight requests finish on SIGTERM");
+ABSL_FLAG(int32_t, metrics_port, 0, "Prometheus /metrics port (accepted; not served yet)");
+
+namespace cmoe::server {
+namespace {
+
+constexpr char kServiceName[] = "cmoe.v1.Inference";
+
+// The default KV cache size: room for every running sequence's full context, capped at 4 GiB of
+// float32 K and V (but at least one context).
+int64_t DefaultKvCacheTokens(const engine::ModelConfig& c, int64_t max_running) {
+  const int64_t context = c.max_position_embeddings;
+  const int64_t bytes_per_token =
+      std::max<int64_t>(1, 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4);
+  const int64_t cap = std::max<int64_t>(context, (int64_t{4} << 30) / bytes_per_token);
+  return std::min(max_running * context, cap);
+}
+
+void SetServing(grpc::Server& server, bool serving) {
+  grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus("", serving);
+  health->SetServingStatus(kServiceName, serving);
+}
+
+absl::Status Run() {
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  CMOE_RETURN_IF_ERROR(tools::RequireFlag("model", model_dir));
+  const int32_t port = absl::GetFlag(FLAGS_port);
+  if (port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--port ", port, " outside [0, 65535]"));
+  }
+  const double drain = absl::GetFlag(FLAGS_drain_timeout);
+  if (!(drain >= 0)) return absl::InvalidArgumentError("--drain-timeout must be >= 0");
+  const engine::EngineOptions engine_options{
+      .max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens),
+      .max_running = absl::GetFlag(FLAGS_max_running),
+      .max_waiting = absl::GetFlag(FLAGS_max_waiting)};
+  if (engine_options.max_batch_tokens < 1 || engine_options.max_running < 1 ||
+      engine_options.max_waiting < 0) {
+    return absl::InvalidArgumentError(
+        "--max-batch-tokens and --max-running must be >= 1, --max-waiting >= 0");
+  }
+  // Fail fast on a bad directory, before the server starts listening.
+  CMOE_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(model_dir));
+  // Debian's libsentencepiece bundles protobuf-lite 3.14, whose exported symbols clash with the
+  // libprotobuf 3.21 that gRPC needs: the SentencePiece tokenizer aborts in this process (see the
+  // link order note in server/CMakeLists.txt). tokenizer.json models are fine.
+  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json") &&
+      std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.model")) {
+    return absl::UnimplementedError(
+        absl::StrCat(model_dir,
+                     ": SentencePiece tokenizers (tokenizer.model) cannot be served yet: Debian's "
+                     "libsentencepiece clashes with gRPC's libprotobuf; use a model with "
+                     "tokenizer.json"));
+  }
+  int64_t kv_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
+  if (kv_tokens < 0) return absl::InvalidArgumentError("--kv-cache-tokens must be >= 0");
+  if (kv_tokens == 0) kv_tokens = DefaultKvCacheTokens(config, engine_options.max_running);
+
+  if (absl::GetFlag(FLAGS_metrics_port) != 0) {
+    CMOE_LOG(WARNING) << "--metrics-port: metrics are not served by this build yet; ignored";
+  }
+  std::string name = absl::GetFlag(FLAGS_model_name);
+  if (name.empty()) {
+    std::filesystem::path p(model_dir);
+    if (!p.has_filename()) p = p.parent_path();
+    name = p.filename().string();
+  }
+
+  // Signals are taken synchronously by sigwait below; every thread (gRPC's, the engine's)
+  // inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  InferenceService service({.model_name = name, .device = "cpu"});
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int selected_port = 0;
+  const std::string host = absl::GetFlag(FLAGS_host);
+  const std::string address = host.find(':') != std::string::npos
+                                  ? absl::StrCat("[", host, "]:", port)
+                                  : absl::StrCat(host, ":", port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected_port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || selected_port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  }
+  SetServing(*server, false);
+  std::printf("listening on %s:%d\n", host.c_str(), selected_port);
+  std::fflush(stdout);
+  CMOE_LOG(INFO) << "listening on " << host << ":" << selected_port << "; loading " << model_dir;
+
+  absl::StatusOr<engine::LoadedModel> loaded =
+      engine::LoadModel({.model_dir = model_dir,
+                         .device = "cpu",
+                         .threads = absl::GetFlag(FLAGS_threads),
+                         .kv_cache_tokens = kv_tokens});
+  absl::StatusOr<std::unique_ptr<engine::Engine>> engine =
+      loaded.ok() ? engine::Engine::Create(std::move(*loaded), engine_options)
+                  : absl::StatusOr<std::unique_ptr<engine::Engine>>(loaded.status());
+  if (!engine.ok()) {
+    server->Shutdown(std::chrono::system_clock::now());
+    server->Wait();
+    return engine.status();
+  }
+  service.SetEngine(engine->get());
+  SetServing(*server, true);
+  CMOE_LOG(INFO) << "serving " << name << " (kv cache " << kv_tokens << " tokens, max running "
+                 << engine_options.max_running << ", max batch tokens "
+                 << engine_options.max_batch_tokens << ")";
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  CMOE_LOG(INFO) << "signal " << sig << ": draining for up to " << drain << " s";
+  SetServing(*server, false);
+  (*engine)->Shutdown(absl::Seconds(drain));
+  // Every engine request has finished now; the streams get a second to write their last
+  // messages. (gRPC's Shutdown also waits for connected clients to hang up, until the deadline,
+  // so a long deadline only delays the exit.)
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  server->Wait();
+  server.reset();
+  engine->reset();
+  CMOE_LOG(INFO) << "stopped";
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace cmoe::server
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args = cmoe::tools::ParseToolFlags(
+      argc, argv,
+      "cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N] "
+      "[--max-batch-tokens 512] [--max-running 64] [--max-waiting 256] [--kv-cache-tokens N] "
+      "[--drain-timeout 30] [--model-name NAME]");
+  if (!args.empty()) {
+    return cmoe::tools::Fail("cmoe-serve",
+                             absl::InvalidArgumentError("unexpected argument '" + args[0] + "'"));
+  }
+  absl::Status status = cmoe::server::Run();
+  return status.ok() ? 0 : cmoe::tools::Fail("cmoe-serve", status);
+}

@@ -1,0 +1,591 @@
+#include "server/inference_service.h"
+
+#include <algorithm>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "engine/utf8.h"
+
+namespace cmoe::server {
+
+using Clock = std::chrono::steady_clock;
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+namespace {
+
+constexpr const char* kLoading = "the model is still loading; retry shortly";
+
+uint64_t DrawSeed() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  return rng();
+}
+
+v1::FinishReason ToProto(engine::FinishReason reason) {
+  switch (reason) {
+    case engine::FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case engine::FinishReason::kStopString:
+      return v1::FINISH_REASON_STOP_STRING;
+    case engine::FinishReason::kStopToken:
+      return v1::FINISH_REASON_STOP_TOKEN;
+    case engine::FinishReason::kContext:
+      return v1::FINISH_REASON_CONTEXT;
+    case engine::FinishReason::kTimeLimit:
+      return v1::FINISH_REASON_TIME_LIMIT;
+    case engine::FinishReason::kCancelled:
+    case engine::FinishReason::kError:
+      return v1::FINISH_REASON_CANCELLED;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+void FillFinishInfo(const engine::FinishEvent& e, uint64_t seed, Clock::time_point received,
+                    v1::FinishInfo* f) {
+  f->set_reason(ToProto(e.reason));
+  f->set_seed(seed);
+  f->mutable_usage()->set_prompt_tokens(e.prompt_tokens);
+  f->mutable_usage()->set_generated_tokens(e.generated_tokens);
+  v1::Timings* t = f->mutable_timings();
+  t->set_queue_ms(e.queue_seconds * 1e3);
+  t->set_time_to_first_token_ms(e.first_token_seconds * 1e3);
+  t->set_decode_ms(e.decode_seconds * 1e3);
+  t->set_total_ms(Ms(Clock::now() - received));
+}
+
+// The status an accepted request ends its RPC with.
+grpc::Status EndStatus(const engine::FinishEvent& e, bool client_deadline) {
+  if (e.reason == engine::FinishReason::kError) {
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        e.status.ok() ? "the model failed" : std::string(e.status.message()));
+  }
+  if (e.reason == engine::FinishReason::kTimeLimit && client_deadline) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline passed");
+  }
+  return grpc::Status::OK;
+}
+
+const char* CodeName(grpc::StatusCode code) {
+  static constexpr const char* kNames[] = {"OK",
+                                           "CANCELLED",
+                                           "UNKNOWN",
+                                           "INVALID_ARGUMENT",
+                                           "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND",
+                                           "ALREADY_EXISTS",
+                                           "PERMISSION_DENIED",
+                                           "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION",
+                                           "ABORTED",
+                                           "OUT_OF_RANGE",
+                                           "UNIMPLEMENTED",
+                                           "INTERNAL",
+                                           "UNAVAILABLE",
+                                           "DATA_LOSS",
+                                           "UNAUTHENTICATED"};
+  const int i = static_cast<int>(code);
+  return i >= 0 && i < static_cast<int>(std::size(kNames)) ? kNames[i] : "UNKNOWN";
+}
+
+void LogFinished(const char* rpc, const engine::FinishEvent& e, Clock::time_point received,
+                 const grpc::Status& status) {
+  CMOE_LOG(INFO) << rpc << " id=" << e.id << " prompt_tokens=" << e.prompt_tokens
+                 << " generated_tokens=" << e.generated_tokens
+                 << " queue_ms=" << e.queue_seconds * 1e3
+                 << " ttft_ms=" << e.first_token_seconds * 1e3
+                 << " total_ms=" << Ms(Clock::now() - received)
+                 << " status=" << CodeName(status.error_code())
+                 << " finish=" << engine::FinishReasonName(e.reason);
+}
+
+void LogRejected(const char* rpc, const grpc::Status& status) {
+  CMOE_LOG(INFO) << rpc << " rejected status=" << CodeName(status.error_code()) << " ("
+                 << status.error_message() << ")";
+}
+
+// What Generate and GenerateStream share: submission, cancellation and the engine-side state.
+// Derived classes guard their own state with mu_.
+class GenerationCallBase : public engine::RequestSink {
+ protected:
+  explicit GenerationCallBase(engine::Engine* engine) : engine_(engine) {}
+
+  // Cancels the engine request if it was submitted and has not finished.
+  void CancelEngineRequest() {
+    uint64_t id = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (submitted_ && !engine_finished_) id = id_;
+    }
+    if (id != 0) engine_->Cancel(id);
+  }
+
+  // After a successful Submit: records the id, and cancels at once if the call was cancelled in
+  // the meantime.
+  void Submitted(uint64_t id) {
+    bool cancel_now = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      id_ = id;
+      submitted_ = true;
+      cancel_now = (cancelled_ || write_failed_) && !engine_finished_;
+    }
+    if (cancel_now) engine_->Cancel(id);
+  }
+
+  engine::Engine* const engine_;
+  const Clock::time_point received_ = Clock::now();
+  std::mutex mu_;
+  uint64_t id_ = 0;
+  bool submitted_ = false;
+  bool engine_finished_ = false;
+  bool cancelled_ = false;  // gRPC OnCancel
+  bool write_failed_ = false;
+  bool rpc_finished_ = false;  // Finish called
+  PreparedRequest prepared_;
+  bool return_token_ids_ = false;
+};
+
+// Generate: accumulates the text and tokens, replies at OnFinish.
+class GenerateReactor final : public grpc::ServerUnaryReactor,
+                              public GenerationCallBase,
+                              public std::enable_shared_from_this<GenerateReactor> {
+ public:
+  GenerateReactor(engine::Engine* engine, v1::GenerateResponse* response)
+      : GenerationCallBase(engine), response_(response) {}
+
+  void Start(grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
+             int32_t default_max_new_tokens) {
+    self_ = shared_from_this();
+    if (engine_ == nullptr)
+      return FinishEarly(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
+    absl::StatusOr<PreparedRequest> prepared =
+        PrepareRequest(request, *engine_, default_max_new_tokens, received_, context->deadline());
+    if (!prepared.ok()) return FinishEarly(ToGrpcStatus(prepared.status()));
+    return_token_ids_ = request.output().return_token_ids();
+    if (request.output().echo_prompt()) {
+      response_->mutable_prompt()->set_text(prepared->echo_text);
+      if (return_token_ids_) {
+        for (int32_t id : prepared->request.prompt) response_->mutable_prompt()->add_token_ids(id);
+      }
+    }
+    engine::GenerationRequest engine_request = std::move(prepared->request);
+    prepared_ = std::move(*prepared);
+    absl::StatusOr<uint64_t> id = engine_->Submit(std::move(engine_request), shared_from_this());
+    if (!id.ok()) return FinishEarly(ToGrpcStatus(id.status()));
+    Submitted(*id);
+  }
+
+  void OnTokens(const engine::TokenEvent& e) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    text_ += e.text;
+    tokens_.insert(tokens_.end(), e.tokens.begin(), e.tokens.end());
+  }
+
+  void OnFinish(const engine::FinishEvent& e) override {
+    grpc::Status status = EndStatus(e, prepared_.client_deadline_set);
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      engine_finished_ = true;
+      if (rpc_finished_) {
+        status = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      } else {
+        rpc_finished_ = finish = true;
+        if (status.ok()) {
+          text_ += e.text;
+          response_->set_text(std::move(text_));
+          if (return_token_ids_) {
+            for (int32_t id : tokens_) response_->add_token_ids(id);
+          }
+          FillFinishInfo(e, prepared_.seed, received_, response_->mutable_finish());
+        }
+      }
+    }
+    LogFinished("Generate", e, received_, status);
+    if (finish) Finish(status);
+  }
+
+  void OnCancel() override {
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      finish = !rpc_finished_;
+      rpc_finished_ = true;
+    }
+    CancelEngineRequest();
+    if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+  }
+
+  void OnDone() override {
+    std::shared_ptr<GenerateReactor> self;
+    std::lock_guard<std::mutex> lock(mu_);
+    self = std::move(self_);  // released after the lock (may delete this)
+    // `self` is destroyed after `lock` (declared first, destroyed last).
+  }
+
+ private:
+  void FinishEarly(const grpc::Status& status) {
+    LogRejected("Generate", status);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      rpc_finished_ = true;
+    }
+    Finish(status);
+  }
+
+  v1::GenerateResponse* const response_;
+  std::shared_ptr<GenerateReactor> self_;  // held until OnDone
+  std::string text_;
+  std::vector<int32_t> tokens_;
+};
+
+// GenerateStream: the engine's events are queued in `pending_` (coalesced while a write is in
+// flight) and written one message at a time; the last message carries FinishInfo.
+class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse>,
+                            public GenerationCallBase,
+                            public std::enable_shared_from_this<StreamReactor> {
+ public:
+  explicit StreamReactor(engine::Engine* engine) : GenerationCallBase(engine) {}
+
+  void Start(grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
+             int32_t default_max_new_tokens) {
+    self_ = shared_from_this();
+    if (engine_ == nullptr)
+      return FinishEarly(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
+    absl::StatusOr<PreparedRequest> prepared =
+        PrepareRequest(request, *engine_, default_max_new_tokens, received_, context->deadline());
+    if (!prepared.ok()) return FinishEarly(ToGrpcStatus(prepared.status()));
+    return_token_ids_ = request.output().return_token_ids();
+    if (request.output().echo_prompt()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_.mutable_prompt()->set_text(prepared->echo_text);
+      if (return_token_ids_) {
+        for (int32_t id : prepared->request.prompt) pending_.mutable_prompt()->add_token_ids(id);
+      }
+      has_pending_ = true;
+    }
+    engine::GenerationRequest engine_request = std::move(prepared->request);
+    prepared_ = std::move(*prepared);
+    absl::StatusOr<uint64_t> id = engine_->Submit(std::move(engine_request), shared_from_this());
+    if (!id.ok()) return FinishEarly(ToGrpcStatus(id.status()));
+    Submitted(*id);
+    Pump();
+  }
+
+  void OnTokens(const engine::TokenEvent& e) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (rpc_finished_ || (e.text.empty() && !return_token_ids_)) return;
+      pending_.mutable_text()->append(e.text);
+      if (return_token_ids_) {
+        for (int32_t id : e.tokens) pending_.add_token_ids(id);
+      }
+      has_pending_ = true;
+    }
+    Pump();
+  }
+
+  void OnFinish(const engine::FinishEvent& e) override {
+    grpc::Status status = EndStatus(e, prepared_.client_deadline_set);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      engine_finished_ = true;
+      if (cancelled_ || write_failed_) {
+        status = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      }
+      end_status_ = status;
+      if (status.ok()) {
+        pending_.mutable_text()->append(e.text);
+        FillFinishInfo(e, prepared_.seed, received_, pending_.mutable_finish());
+        has_pending_ = true;
+      } else {
+        pending_.Clear();
+        has_pending_ = false;
+      }
+    }
+    LogFinished("GenerateStream", e, received_, status);
+    Pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      if (!ok) write_failed_ = true;
+    }
+    if (!ok) CancelEngineRequest();
+    Pump();
+  }
+
+  void OnCancel() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+    }
+    CancelEngineRequest();
+    Pump();
+  }
+
+  void OnDone() override {
+    std::shared_ptr<StreamReactor> self;
+    std::lock_guard<std::mutex> lock(mu_);
+    self = std::move(self_);
+  }
+
+ private:
+  // Starts the next write, or finishes the RPC when everything was written (or the call broke).
+  // Decides under the lock; only one thread can win a write or the Finish.
+  void Pump() {
+    enum { kNone, kWrite, kFinish } action = kNone;
+    grpc::Status status;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (rpc_finished_ || writing_) return;
+      if (cancelled_ || write_failed_) {
+        action = kFinish;
+        status = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      } else if (has_pending_) {
+        current_ = std::move(pending_);
+        pending_.Clear();
+        has_pending_ = false;
+        writing_ = true;
+        action = kWrite;
+      } else if (engine_finished_) {
+        action = kFinish;
+        status = end_status_;
+      }
+      if (action == kFinish) rpc_finished_ = true;
+    }
+    if (action == kWrite) StartWrite(&current_);
+    if (action == kFinish) Finish(status);
+  }
+
+  void FinishEarly(const grpc::Status& status) {
+    LogRejected("GenerateStream", status);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      rpc_finished_ = true;
+    }
+    Finish(status);
+  }
+
+  std::shared_ptr<StreamReactor> self_;  // held until OnDone
+  v1::GenerateStreamResponse current_;   // being written (untouched while writing_)
+  v1::GenerateStreamResponse pending_;   // the next message
+  bool has_pending_ = false;
+  bool writing_ = false;
+  grpc::Status end_status_;
+};
+
+}  // namespace
+
+absl::StatusOr<PreparedRequest> PrepareRequest(
+    const v1::GenerateRequest& request, const engine::Engine& engine,
+    int32_t default_max_new_tokens, Clock::time_point received,
+    std::chrono::system_clock::time_point client_deadline) {
+  const engine::ModelConfig& config = engine.model().config();
+  const engine::Tokenizer& tokenizer = engine.tokenizer();
+  PreparedRequest out;
+  engine::GenerationRequest& r = out.request;
+
+  // Output options the engine cannot serve yet.
+  if (request.output().logprobs()) {
+    return absl::InvalidArgumentError("output.logprobs: not supported yet");
+  }
+  if (request.output().top_logprobs() != 0) {
+    return absl::InvalidArgumentError("output.top_logprobs: not supported yet");
+  }
+
+  switch (request.prompt_case()) {
+    case v1::GenerateRequest::kText: {
+      if (request.text().empty()) return absl::InvalidArgumentError("prompt.text: empty");
+      const engine::EncodeOptions encode{
+          .add_bos = request.has_add_bos() ? request.add_bos() : true,
+          .add_dummy_prefix = tokenizer.DefaultDummyPrefix()};
+      absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(request.text(), encode);
+      if (!ids.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("prompt.text: ", ids.status().message()));
+      }
+      r.prompt = std::move(*ids);
+      out.echo_text = request.text();
+      break;
+    }
+    case v1::GenerateRequest::kTokenIds: {
+      if (request.has_add_bos()) {
+        return absl::InvalidArgumentError(
+            "add_bos: only applies to a text prompt (add BOS to token_ids yourself)");
+      }
+      r.prompt.assign(request.token_ids().ids().begin(), request.token_ids().ids().end());
+      if (request.output().echo_prompt()) {
+        absl::StatusOr<std::string> text = tokenizer.Decode(r.prompt);
+        if (text.ok()) out.echo_text = engine::SanitizeUtf8(*text);
+      }
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError("prompt: set text or token_ids");
+  }
+
+  const v1::SamplingParams& s = request.sampling();
+  engine::SamplingParams& p = r.sampling;  // engine defaults for unset fields
+  if (s.has_temperature()) p.temperature = s.temperature();
+  if (s.has_top_k()) p.top_k = s.top_k();
+  if (s.has_top_p()) p.top_p = s.top_p();
+  if (s.has_min_p()) p.min_p = s.min_p();
+  if (s.has_repetition_penalty()) p.repetition_penalty = s.repetition_penalty();
+  if (s.has_presence_penalty()) p.presence_penalty = s.presence_penalty();
+  if (s.has_frequency_penalty()) p.frequency_penalty = s.frequency_penalty();
+  p.seed = s.has_seed() ? s.seed() : DrawSeed();
+  out.seed = p.seed;
+
+  const v1::StoppingCriteria& stop = request.stopping();
+  const int64_t context = config.max_position_embeddings;
+  if (stop.max_new_tokens() > context) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stopping.max_new_tokens: ", stop.max_new_tokens(),
+                     " exceeds the model's context length ", context));
+  }
+  r.max_new_tokens =
+      stop.max_new_tokens() != 0
+          ? stop.max_new_tokens()
+          : std::min<int64_t>(default_max_new_tokens, std::max<int64_t>(context - 1, 1));
+  r.min_new_tokens = stop.min_new_tokens();
+  r.stop_strings.assign(stop.stop_strings().begin(), stop.stop_strings().end());
+  r.stop_token_ids.assign(stop.stop_token_ids().begin(), stop.stop_token_ids().end());
+  r.ignore_eos = stop.ignore_eos();
+  r.num_activated_experts = request.num_activated_experts();
+
+  // Deadlines: time_limit_ms ends with OK and FINISH_REASON_TIME_LIMIT; the call's gRPC deadline
+  // with DEADLINE_EXCEEDED. The engine gets the earlier one.
+  std::optional<Clock::time_point> limit;
+  if (stop.time_limit_ms() > 0) limit = received + std::chrono::milliseconds(stop.time_limit_ms());
+  const auto sys_now = std::chrono::system_clock::now();
+  if (client_deadline != std::chrono::system_clock::time_point::max() &&
+      client_deadline < sys_now + std::chrono::hours(24 * 365)) {
+    const Clock::time_point d =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(client_deadline - sys_now);
+    if (!limit.has_value() || d <= *limit) {
+      limit = d;
+      out.client_deadline_set = true;
+    }
+  }
+  r.deadline = limit;
+  return out;
+}
+
+InferenceService::InferenceService(ServiceOptions options) : options_(std::move(options)) {}
+
+grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext* context,
+                                                     const v1::GenerateRequest* request,
+                                                     v1::GenerateResponse* response) {
+  auto reactor = std::make_shared<GenerateReactor>(engine(), response);
+  reactor->Start(context, *request, options_.default_max_new_tokens);
+  return reactor.get();  // kept alive by its self-reference until OnDone
+}
+
+grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceService::GenerateStream(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  auto reactor = std::make_shared<StreamReactor>(engine());
+  reactor->Start(context, *request, options_.default_max_new_tokens);
+  return reactor.get();
+}
+
+grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
+                                                     const v1::TokenizeRequest* request,
+                                                     v1::TokenizeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  engine::Engine* e = engine();
+  if (e == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
+    return reactor;
+  }
+  const engine::Tokenizer& tokenizer = e->tokenizer();
+  absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(
+      request->text(), {.add_bos = request->has_add_bos() ? request->add_bos() : true,
+                        .add_dummy_prefix = tokenizer.DefaultDummyPrefix()});
+  if (!ids.ok()) {
+    reactor->Finish(
+        ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message()))));
+    return reactor;
+  }
+  int32_t previous = -1;
+  for (int32_t id : *ids) {
+    response->add_token_ids(id);
+    if (tokenizer.IsSpecial(id)) {
+      response->add_pieces(tokenizer.Piece(id));
+    } else {
+      absl::StatusOr<std::string> bytes = tokenizer.TokenBytes(previous, id);
+      response->add_pieces(bytes.ok() ? *bytes : std::string());
+    }
+    previous = id;
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                         const v1::GetModelInfoRequest* /*request*/,
+                                                         v1::GetModelInfoResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  engine::Engine* e = engine();
+  if (e == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
+    return reactor;
+  }
+  const engine::ModelConfig& c = e->model().config();
+  response->set_model_name(options_.model_name);
+  response->set_architecture(c.architecture);
+  response->set_hidden_size(c.hidden_size);
+  response->set_intermediate_size(c.intermediate_size);
+  response->set_num_hidden_layers(c.num_hidden_layers);
+  response->set_num_attention_heads(c.num_attention_heads);
+  response->set_num_key_value_heads(c.num_key_value_heads);
+  response->set_head_dim(c.head_dim);
+  response->set_vocab_size(c.vocab_size);
+  response->set_context_length(c.max_position_embeddings);
+  response->set_dtype("float32");  // the CPU backend computes in float32
+  response->set_device(options_.device);
+  response->set_bos_token_id(c.bos_token_id);
+  for (int32_t id : c.eos_token_ids) response->add_eos_token_ids(id);
+  if (c.cmoe.has_value()) {
+    const engine::CmoeConfig& m = *c.cmoe;
+    v1::CmoeConfig* out = response->mutable_cmoe();
+    out->set_name(m.Name());
+    out->set_num_experts(m.num_experts);
+    out->set_num_shared_experts(m.num_shared_experts);
+    out->set_num_routed_experts(m.num_routed());
+    out->set_num_activated_experts(m.num_activated_experts);
+    out->set_shared_width(m.shared_width);
+    for (int64_t w : m.expert_widths) out->add_expert_widths(w);
+    out->set_activation_ratio(m.ActivationRatio());
+    out->set_score(m.score);
+    out->set_router(m.router);
+  }
+  const engine::SamplingParams d;
+  v1::SamplingParams* s = response->mutable_default_sampling();
+  s->set_temperature(d.temperature);
+  s->set_top_k(d.top_k);
+  s->set_top_p(d.top_p);
+  s->set_min_p(d.min_p);
+  s->set_repetition_penalty(d.repetition_penalty);
+  s->set_presence_penalty(d.presence_penalty);
+  s->set_frequency_penalty(d.frequency_penalty);
+  response->set_default_max_new_tokens(static_cast<int32_t>(std::min<int64_t>(
+      options_.default_max_new_tokens, std::max<int64_t>(c.max_position_embeddings - 1, 1))));
+  response->set_max_top_logprobs(0);  // logprobs are not supported yet
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace cmoe::server
