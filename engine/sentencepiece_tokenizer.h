@@ -1,21 +1,33 @@
-// A Tokenizer over libsentencepiece for tokenizer.model files (stories260K's tok512.model,
-// babyllama-tok105's tok105.model, Llama-2's tokenizer.model).
+// A Tokenizer for SentencePiece tokenizer.model files (stories260K's tok512.model,
+// babyllama-tok105's tok105.model, Llama-2's tokenizer.model), implemented here: the ModelProto
+// is read with protobuf_wire, so neither libsentencepiece nor libprotobuf is linked (Debian's
+// libsentencepiece bundles and exports its own protobuf-lite, which clashes with gRPC's
+// libprotobuf in cmoe-serve).
 //
 //   CMOE_ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceTokenizer> tok,
 //                         SentencePieceTokenizer::Open(dir + "/tok512.model", config));
 //   CMOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok->Encode("Once upon a time", {}));
 //
-// Encoding is libsentencepiece's, with its normalizer spec: tok512 and tok105 use the identity
-// normalization but remove extra whitespace (leading and trailing spaces dropped, runs of spaces
-// collapsed), so Decode(Encode(text)) == text only for text without those. Text that looks like
-// a control token ("<s>") is encoded literally. Characters outside a vocabulary without byte
-// fallback (tok105) become the unk id, a run of them a single unk.
+// Encoding reproduces libsentencepiece's (0.1.9x) BPE model id for id (tests/engine/
+// sentencepiece_oracle_test.cc compares the two on the shared corpora):
+//  - normalization: only the "identity" normalizer (no precompiled character map) is supported;
+//    a model with a character map (nmt_nfkc, nfkc, ...) is InvalidArgument. The normalizer
+//    spec's remove_extra_whitespaces drops leading and trailing spaces and collapses runs of
+//    spaces (only ' '; newlines are kept), escape_whitespaces turns ' ' into "▁", and the dummy
+//    prefix "▁" goes before non-empty text. So Decode(Encode(text)) == text only for text
+//    without extra spaces (tok512 and tok105 remove them).
+//  - segmentation: the text is split into characters (user-defined pieces, longest first, stay
+//    whole), then the adjacent pair whose concatenation is a vocabulary piece with the highest
+//    score is merged, leftmost on ties, until none is left; merges into UNUSED pieces are undone
+//    at the end. Characters outside the vocabulary become byte pieces <0xNN> with byte fallback
+//    (tok512), else the unk id, a run of them a single unk (tok105). Text that looks like a
+//    control token ("<s>") is encoded literally.
+//  - only BPE models: UNIGRAM, WORD and CHAR models, and treat_whitespace_as_suffix, are
+//    InvalidArgument naming the file.
 //
-// The dummy prefix: libsentencepiece reads add_dummy_prefix from the model's normalizer spec.
-// Open loads the model twice, with that flag forced on and off (by appending the field to the
-// serialized NormalizerSpec; protobuf keeps the last value of a repeated scalar field), and
-// Encode picks per EncodeOptions::add_dummy_prefix; this is exact, unlike stripping a leading
-// "▁" from the output, which would leave merges such as "▁Once" behind.
+// The dummy prefix: the model's add_dummy_prefix is DefaultDummyPrefix(); Encode follows
+// EncodeOptions::add_dummy_prefix, applied before the merges (unlike stripping a leading "▁"
+// from the output, which would leave merges such as "▁Once" behind).
 //
 // Decoding (TokenBytes): the piece with "▁" -> " ", byte pieces <0xNN> -> the byte, control,
 // unknown and unused pieces -> "", and one leading space dropped from the first token of a text
@@ -23,28 +35,28 @@
 #ifndef CMOE_ENGINE_SENTENCEPIECE_TOKENIZER_H_
 #define CMOE_ENGINE_SENTENCEPIECE_TOKENIZER_H_
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/model_config.h"
 #include "engine/tokenizer.h"
 
-namespace sentencepiece {
-class SentencePieceProcessor;
-}  // namespace sentencepiece
-
 namespace cmoe::engine {
 
 class SentencePieceTokenizer final : public Tokenizer {
  public:
   // Loads a SentencePiece model file. BOS/EOS: config.bos_token_id / config.eos_token_ids[0]
-  // when set, else the model's bos_id() / eos_id(). Errors name the file: NotFound, and
-  // InvalidArgument for a file libsentencepiece rejects or a vocabulary larger than
-  // config.vocab_size (when that is set).
+  // when set, else the ids of the model's bos_piece / eos_piece ("<s>" / "</s>") when those are
+  // control pieces, else -1. Errors name the file: NotFound, and InvalidArgument for a file
+  // libsentencepiece rejects or a vocabulary larger than config.vocab_size (when that is set): a
+  // malformed ModelProto, a model that is not BPE, a normalizer with a character map, no unknown
+  // piece, or duplicate pieces.
   //   auto tok = SentencePieceTokenizer::Open("/models/stories260K/tok512.model", config);
   static absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> Open(const std::string& model_path,
                                                                       const ModelConfig& config);
@@ -71,9 +83,27 @@ class SentencePieceTokenizer final : public Tokenizer {
   SentencePieceTokenizer();
   absl::Status Load(const std::string& model_path, const ModelConfig& config);
   void BuildDecodeTable();
+  // The normalized text ("▁" for spaces, extra spaces removed, the dummy prefix when asked).
+  std::string Normalize(std::string_view text, bool add_dummy_prefix) const;
+  // libsentencepiece's PieceToId: control/unknown/byte pieces, then the others, else unk.
+  int32_t PieceToId(std::string_view piece) const;
+  // The length of the longest user-defined piece at text[pos] (*user_defined = true), else of
+  // the character there.
+  size_t SymbolLength(std::string_view text, size_t pos, bool* user_defined = nullptr) const;
 
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> with_prefix_;
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> without_prefix_;
+  enum class PieceType : uint8_t { kNormal, kUnknown, kControl, kUserDefined, kUnused, kByte };
+
+  std::vector<std::string> pieces_;
+  std::vector<float> scores_;
+  std::vector<PieceType> types_;
+  std::unordered_map<std::string, int32_t> normal_ids_;    // NORMAL, USER_DEFINED, UNUSED
+  std::unordered_map<std::string, int32_t> reserved_ids_;  // CONTROL, UNKNOWN, BYTE
+  std::vector<std::string> user_defined_;
+  std::array<int32_t, 256> byte_ids_{};
+  int32_t unk_id_ = -1;
+  bool byte_fallback_ = false;
+  bool remove_extra_whitespaces_ = true;
+  bool escape_whitespaces_ = true;
   std::vector<std::string> token_bytes_;  // TokenBytes without the leading-space rule
   std::vector<bool> special_;
   int32_t bos_id_ = -1;

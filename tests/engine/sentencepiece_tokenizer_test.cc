@@ -7,6 +7,7 @@
 
 #include "common/mapped_file.h"
 #include "engine/incremental_detokenizer.h"
+#include "engine/protobuf_wire.h"
 #include "engine/sentencepiece_tokenizer.h"
 #include "engine/utf8.h"
 #include "tests/test_util.h"
@@ -15,6 +16,7 @@ namespace cmoe::engine {
 namespace {
 
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 std::unique_ptr<SentencePieceTokenizer> LoadModel(const std::string& relative) {
   auto tok = SentencePieceTokenizer::Open(testing::SharedModel(relative), {});
@@ -195,6 +197,89 @@ TEST(SentencePieceTok105Test, RoundTripsTextWithinItsVocabulary) {
       EXPECT_GT(dropped, 0u);
     }
   }
+}
+
+// A hand-written ModelProto: pieces <unk> (UNKNOWN), <s> </s> (CONTROL), "▁", "a", "b", "▁a",
+// "ab" with scores, plus the given trainer_spec / normalizer_spec payloads.
+std::string LengthDelimited(uint32_t field, std::string_view payload) {
+  std::string out;
+  AppendVarint(field << 3 | kWireLengthDelimited, &out);
+  AppendVarint(payload.size(), &out);
+  out.append(payload);
+  return out;
+}
+
+std::string Varint(uint32_t field, uint64_t value) {
+  std::string out;
+  AppendVarint(field << 3 | kWireVarint, &out);
+  AppendVarint(value, &out);
+  return out;
+}
+
+std::string PieceProto(std::string_view piece, float score, int type) {
+  std::string out = LengthDelimited(1, piece);
+  out.push_back(static_cast<char>(2 << 3 | 5));  // score: fixed32
+  out.append(reinterpret_cast<const char*>(&score), sizeof(score));
+  return out + Varint(3, type);
+}
+
+std::string ModelProto(const std::string& trainer_spec, const std::string& normalizer_spec) {
+  std::string out = LengthDelimited(1, PieceProto("<unk>", 0, 2)) +
+                    LengthDelimited(1, PieceProto("<s>", 0, 3)) +
+                    LengthDelimited(1, PieceProto("</s>", 0, 3));
+  const std::pair<const char*, float> normal[] = {
+      {"\u2581", -1}, {"a", -2}, {"b", -3}, {"\u2581a", -4}, {"ab", -0.5f}};
+  for (const auto& [piece, score] : normal) out += LengthDelimited(1, PieceProto(piece, score, 1));
+  return out + LengthDelimited(2, trainer_spec) + LengthDelimited(3, normalizer_spec);
+}
+
+TEST(SentencePieceSyntheticTest, HandWrittenBpeModel) {
+  testing::ScratchDir dir;
+  const std::string path = dir.Join("bpe.model");
+  testing::WriteFile(path, ModelProto(Varint(3, 2), LengthDelimited(1, "identity")));
+  auto tok = SentencePieceTokenizer::Open(path, {});
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->vocab_size(), 8);
+  EXPECT_EQ((*tok)->bos_id(), 1);
+  EXPECT_EQ((*tok)->eos_id(), 2);
+  EXPECT_FLOAT_EQ((*tok)->Score(7), -0.5f);
+  // "▁ab": "ab" (-0.5) beats "▁a" (-4); "c" is unknown (no byte fallback); runs of unk merge.
+  EXPECT_THAT(Ids(**tok, "ab", false, true), ElementsAre(3, 7));
+  EXPECT_THAT(Ids(**tok, "a  a", false, false), ElementsAre(4, 6));
+  EXPECT_THAT(Ids(**tok, "acc b", true, false), ElementsAre(1, 4, 0, 3, 5));
+}
+
+TEST(SentencePieceSyntheticTest, RejectsWhatItDoesNotImplement) {
+  testing::ScratchDir dir;
+  const auto open_error = [&](const std::string& name, const std::string& contents) {
+    testing::WriteFile(dir.Join(name), contents);
+    return SentencePieceTokenizer::Open(dir.Join(name), {}).status();
+  };
+  const std::string identity = LengthDelimited(1, "identity");
+  for (const auto& [type, name] :
+       {std::pair{1, "UNIGRAM"}, std::pair{3, "WORD"}, std::pair{4, "CHAR"}}) {
+    const absl::Status status = open_error("m.model", ModelProto(Varint(3, type), identity));
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), HasSubstr("m.model"));
+    EXPECT_THAT(status.message(), HasSubstr(name));
+  }
+  // The proto default model type is UNIGRAM.
+  EXPECT_THAT(open_error("d.model", ModelProto("", identity)).message(), HasSubstr("UNIGRAM"));
+  const absl::Status nfkc = open_error(
+      "n.model",
+      ModelProto(Varint(3, 2), LengthDelimited(1, "nmt_nfkc") + LengthDelimited(2, "xxxx")));
+  EXPECT_EQ(nfkc.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(nfkc.message(), HasSubstr("nmt_nfkc"));
+  EXPECT_EQ(open_error("g.model", "not a protobuf \xFF\xFF\xFF").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(open_error("e.model", "").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SentencePieceTokenizer::Open(dir.Join("missing.model"), {}).status().code(),
+            absl::StatusCode::kNotFound);
+  ModelConfig small;
+  small.vocab_size = 4;
+  testing::WriteFile(dir.Join("ok.model"), ModelProto(Varint(3, 2), identity));
+  EXPECT_EQ(SentencePieceTokenizer::Open(dir.Join("ok.model"), small).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
