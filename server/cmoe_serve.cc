@@ -3,20 +3,28 @@
 //
 //   cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N]
 //              [--max-batch-tokens 512] [--max-running 64] [--max-waiting 256]
-//              [--kv-cache-tokens N] [--drain-timeout 30]
+//              [--kv-cache-tokens N] [--drain-timeout 30] [--metrics-port 9464]
 //
 // The server starts (health NOT_SERVING, Inference RPCs UNAVAILABLE) before the model loads and
 // prints "listening on HOST:PORT" on stdout; health turns SERVING once the model is loaded.
+// Prometheus metrics (server/metrics.h) are served on http://HOST:M/metrics, M = --metrics-port
+// (0: a free port; -1: no metrics), announced by a "metrics on HOST:M" line after the
+// "listening on" one; a metrics port that cannot be bound is a startup error.
 // SIGTERM/SIGINT: health NOT_SERVING, the engine drains for --drain-timeout seconds (new calls
 // get UNAVAILABLE), the server shuts down, exit 0.
 #include <pthread.h>
 #include <signal.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -30,6 +38,7 @@
 #include "engine/model_config.h"
 #include "engine/model_loader.h"
 #include "server/inference_service.h"
+#include "server/metrics.h"
 #include "tools/tool_util.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory (Hugging Face layout; required)");
@@ -45,7 +54,8 @@ ABSL_FLAG(int64_t, kv_cache_tokens, 0,
           "Positions the KV cache holds over all sequences (0: max_running * context, capped "
           "at 4 GiB of cache and at least one context)");
 ABSL_FLAG(double, drain_timeout, 30, "Seconds to let in-flight requests finish on SIGTERM");
-ABSL_FLAG(int32_t, metrics_port, 0, "Prometheus /metrics port (accepted; not served yet)");
+ABSL_FLAG(int32_t, metrics_port, 9464,
+          "Port of the Prometheus /metrics endpoint, on --host (0: pick a free port; -1: off)");
 
 namespace cmoe::server {
 namespace {
@@ -61,6 +71,45 @@ int64_t DefaultKvCacheTokens(const engine::ModelConfig& c, int64_t max_running) 
   const int64_t cap = std::max<int64_t>(context, (int64_t{4} << 30) / bytes_per_token);
   return std::min(max_running * context, cap);
 }
+
+// "host:port", with IPv6 hosts in brackets.
+std::string HostPort(const std::string& host, int port) {
+  return host.find(':') != std::string::npos ? absl::StrCat("[", host, "]:", port)
+                                             : absl::StrCat(host, ":", port);
+}
+
+// Feeds the engine's queue and cache gauges every 100 ms, on its own thread rather than from the
+// step callback: the engine updates running/waiting after its last step, and the gauges must
+// settle when it goes idle.
+class StatsPoller {
+ public:
+  StatsPoller(const engine::Engine& engine, ServerMetrics& metrics)
+      : thread_([this, &engine, &metrics] {
+          std::unique_lock<std::mutex> lock(mutex_);
+          while (!stop_) {
+            lock.unlock();
+            metrics.OnEngineStats(engine.Stats());
+            lock.lock();
+            wake_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_; });
+          }
+        }) {}
+  ~StatsPoller() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
+  StatsPoller(const StatsPoller&) = delete;
+  StatsPoller& operator=(const StatsPoller&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts after the members above exist
+};
 
 void SetServing(grpc::Server& server, bool serving) {
   grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
@@ -89,23 +138,14 @@ absl::Status Run() {
   }
   // Fail fast on a bad directory, before the server starts listening.
   CMOE_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(model_dir));
-  // Debian's libsentencepiece bundles protobuf-lite 3.14, whose exported symbols clash with the
-  // libprotobuf 3.21 that gRPC needs: the SentencePiece tokenizer aborts in this process (see the
-  // link order note in server/CMakeLists.txt). tokenizer.json models are fine.
-  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json") &&
-      std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.model")) {
-    return absl::UnimplementedError(
-        absl::StrCat(model_dir,
-                     ": SentencePiece tokenizers (tokenizer.model) cannot be served yet: Debian's "
-                     "libsentencepiece clashes with gRPC's libprotobuf; use a model with "
-                     "tokenizer.json"));
-  }
   int64_t kv_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   if (kv_tokens < 0) return absl::InvalidArgumentError("--kv-cache-tokens must be >= 0");
   if (kv_tokens == 0) kv_tokens = DefaultKvCacheTokens(config, engine_options.max_running);
 
-  if (absl::GetFlag(FLAGS_metrics_port) != 0) {
-    CMOE_LOG(WARNING) << "--metrics-port: metrics are not served by this build yet; ignored";
+  const int32_t metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port < -1 || metrics_port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-port ", metrics_port, " outside [-1, 65535]"));
   }
   std::string name = absl::GetFlag(FLAGS_model_name);
   if (name.empty()) {
@@ -122,15 +162,25 @@ absl::Status Run() {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  InferenceService service({.model_name = name, .device = "cpu"});
+  const std::string host = absl::GetFlag(FLAGS_host);
+  // The metrics first: a metrics port in use fails the start before anything listens.
+  std::unique_ptr<ServerMetrics> metrics;
+  if (metrics_port >= 0) {
+    CMOE_ASSIGN_OR_RETURN(
+        metrics,
+        ServerMetrics::Create(
+            {.num_layers = config.num_hidden_layers,
+             .num_routed_experts = config.cmoe.has_value() ? config.cmoe->num_routed() : 0,
+             .ffn_neurons_per_token = config.intermediate_size * config.num_hidden_layers}));
+    CMOE_RETURN_IF_ERROR(metrics->StartExposer(HostPort(host, metrics_port)));
+  }
+
+  InferenceService service({.model_name = name, .device = "cpu"}, metrics.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int selected_port = 0;
-  const std::string host = absl::GetFlag(FLAGS_host);
-  const std::string address = host.find(':') != std::string::npos
-                                  ? absl::StrCat("[", host, "]:", port)
-                                  : absl::StrCat(host, ":", port);
+  const std::string address = HostPort(host, port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected_port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -139,16 +189,24 @@ absl::Status Run() {
   }
   SetServing(*server, false);
   std::printf("listening on %s:%d\n", host.c_str(), selected_port);
+  if (metrics != nullptr) std::printf("metrics on %s:%d\n", host.c_str(), metrics->exposer_port());
   std::fflush(stdout);
   CMOE_LOG(INFO) << "listening on " << host << ":" << selected_port << "; loading " << model_dir;
+  if (metrics != nullptr) {
+    CMOE_LOG(INFO) << "metrics on http://" << HostPort(host, metrics->exposer_port()) << "/metrics";
+  }
 
   absl::StatusOr<engine::LoadedModel> loaded =
       engine::LoadModel({.model_dir = model_dir,
                          .device = "cpu",
                          .threads = absl::GetFlag(FLAGS_threads),
                          .kv_cache_tokens = kv_tokens});
+  std::function<void(const engine::StepReport&)> on_step;
+  if (metrics != nullptr) {
+    on_step = [m = metrics.get()](const engine::StepReport& report) { m->OnStep(report); };
+  }
   absl::StatusOr<std::unique_ptr<engine::Engine>> engine =
-      loaded.ok() ? engine::Engine::Create(std::move(*loaded), engine_options)
+      loaded.ok() ? engine::Engine::Create(std::move(*loaded), engine_options, std::move(on_step))
                   : absl::StatusOr<std::unique_ptr<engine::Engine>>(loaded.status());
   if (!engine.ok()) {
     server->Shutdown(std::chrono::system_clock::now());
@@ -156,6 +214,8 @@ absl::Status Run() {
     return engine.status();
   }
   service.SetEngine(engine->get());
+  std::unique_ptr<StatsPoller> poller;
+  if (metrics != nullptr) poller = std::make_unique<StatsPoller>(**engine, *metrics);
   SetServing(*server, true);
   CMOE_LOG(INFO) << "serving " << name << " (kv cache " << kv_tokens << " tokens, max running "
                  << engine_options.max_running << ", max batch tokens "
@@ -172,6 +232,7 @@ absl::Status Run() {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server->Wait();
   server.reset();
+  poller.reset();
   engine->reset();
   CMOE_LOG(INFO) << "stopped";
   return absl::OkStatus();
@@ -185,7 +246,7 @@ int main(int argc, char** argv) {
       argc, argv,
       "cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N] "
       "[--max-batch-tokens 512] [--max-running 64] [--max-waiting 256] [--kv-cache-tokens N] "
-      "[--drain-timeout 30] [--model-name NAME]");
+      "[--drain-timeout 30] [--model-name NAME] [--metrics-port 9464]");
   if (!args.empty()) {
     return cmoe::tools::Fail("cmoe-serve",
                              absl::InvalidArgumentError("unexpected argument '" + args[0] + "'"));

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "engine/utf8.h"
+#include "server/metrics.h"
 
 namespace cmoe::server {
 
@@ -49,6 +50,7 @@ v1::FinishReason ToProto(engine::FinishReason reason) {
 }
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 void FillFinishInfo(const engine::FinishEvent& e, uint64_t seed, Clock::time_point received,
                     v1::FinishInfo* f) {
@@ -117,7 +119,65 @@ void LogRejected(const char* rpc, const grpc::Status& status) {
 // Derived classes guard their own state with mu_.
 class GenerationCallBase : public engine::RequestSink {
  protected:
-  explicit GenerationCallBase(engine::Engine* engine) : engine_(engine) {}
+  GenerationCallBase(engine::Engine* engine, ServerMetrics* metrics, const char* rpc)
+      : engine_(engine), metrics_(metrics), rpc_(rpc) {
+    if (metrics_ != nullptr) metrics_->OnRequestStart(rpc_);
+  }
+
+  // What OnRequestDone reports, taken under mu_ when the RPC finishes.
+  struct DoneInfo {
+    std::string_view finish_reason;  // "" when the request never reached the engine
+    int64_t prompt_tokens = 0;
+    int64_t generated_tokens = 0;
+  };
+
+  // Under mu_: the engine's finish reason and counts when it finished, else "cancelled" and the
+  // tokens seen so far for a submitted request, else nothing.
+  DoneInfo DoneInfoLocked() const {
+    if (engine_finished_) return {finish_reason_, prompt_tokens_, generated_tokens_};
+    if (submitted_) {
+      return {engine::FinishReasonName(engine::FinishReason::kCancelled), prompt_tokens_,
+              generated_tokens_};
+    }
+    return {};
+  }
+
+  // Under mu_, from OnTokens: token timings for the metrics.
+  void NoteTokensLocked(const engine::TokenEvent& e) {
+    if (e.tokens.empty()) return;
+    generated_tokens_ += static_cast<int64_t>(e.tokens.size());
+    const Clock::time_point now = Clock::now();
+    if (metrics_ != nullptr) {
+      size_t gaps = e.tokens.size();
+      if (!seen_token_) {
+        metrics_->OnFirstToken(Seconds(now - received_));
+        --gaps;
+      }
+      if (gaps > 0) {
+        // Tokens delivered together share the gap since the previous delivery.
+        const double gap = seen_token_ ? Seconds(now - last_token_) / static_cast<double>(gaps) : 0;
+        for (size_t i = 0; i < gaps; ++i) metrics_->OnToken(gap);
+      }
+    }
+    seen_token_ = true;
+    last_token_ = now;
+  }
+
+  // Under mu_, from OnFinish.
+  void NoteFinishLocked(const engine::FinishEvent& e) {
+    finish_reason_ = engine::FinishReasonName(e.reason);
+    prompt_tokens_ = e.prompt_tokens;
+    generated_tokens_ = e.generated_tokens;
+    if (metrics_ != nullptr) metrics_->OnQueue(e.queue_seconds);
+  }
+
+  // Once per RPC, just before its Finish.
+  void RecordDone(const grpc::Status& status, const DoneInfo& info) const {
+    if (metrics_ == nullptr) return;
+    metrics_->OnRequestDone(rpc_, CodeName(status.error_code()), info.finish_reason,
+                            Seconds(Clock::now() - received_), info.prompt_tokens,
+                            info.generated_tokens);
+  }
 
   // Cancels the engine request if it was submitted and has not finished.
   void CancelEngineRequest() {
@@ -143,6 +203,8 @@ class GenerationCallBase : public engine::RequestSink {
   }
 
   engine::Engine* const engine_;
+  ServerMetrics* const metrics_;
+  const char* const rpc_;
   const Clock::time_point received_ = Clock::now();
   std::mutex mu_;
   uint64_t id_ = 0;
@@ -153,6 +215,12 @@ class GenerationCallBase : public engine::RequestSink {
   bool rpc_finished_ = false;  // Finish called
   PreparedRequest prepared_;
   bool return_token_ids_ = false;
+  // For the metrics (under mu_).
+  std::string_view finish_reason_;
+  int64_t prompt_tokens_ = 0;
+  int64_t generated_tokens_ = 0;
+  bool seen_token_ = false;
+  Clock::time_point last_token_;
 };
 
 // Generate: accumulates the text and tokens, replies at OnFinish.
@@ -160,8 +228,8 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
                               public GenerationCallBase,
                               public std::enable_shared_from_this<GenerateReactor> {
  public:
-  GenerateReactor(engine::Engine* engine, v1::GenerateResponse* response)
-      : GenerationCallBase(engine), response_(response) {}
+  GenerateReactor(engine::Engine* engine, ServerMetrics* metrics, v1::GenerateResponse* response)
+      : GenerationCallBase(engine, metrics, "Generate"), response_(response) {}
 
   void Start(grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
              int32_t default_max_new_tokens) {
@@ -180,6 +248,10 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
     }
     engine::GenerationRequest engine_request = std::move(prepared->request);
     prepared_ = std::move(*prepared);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      prompt_tokens_ = static_cast<int64_t>(engine_request.prompt.size());
+    }
     absl::StatusOr<uint64_t> id = engine_->Submit(std::move(engine_request), shared_from_this());
     if (!id.ok()) return FinishEarly(ToGrpcStatus(id.status()));
     Submitted(*id);
@@ -187,6 +259,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
 
   void OnTokens(const engine::TokenEvent& e) override {
     std::lock_guard<std::mutex> lock(mu_);
+    NoteTokensLocked(e);
     text_ += e.text;
     tokens_.insert(tokens_.end(), e.tokens.begin(), e.tokens.end());
   }
@@ -194,9 +267,12 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
   void OnFinish(const engine::FinishEvent& e) override {
     grpc::Status status = EndStatus(e, prepared_.client_deadline_set);
     bool finish = false;
+    DoneInfo info;
     {
       std::lock_guard<std::mutex> lock(mu_);
       engine_finished_ = true;
+      NoteFinishLocked(e);
+      info = DoneInfoLocked();
       if (rpc_finished_) {
         status = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
       } else {
@@ -212,19 +288,28 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
       }
     }
     LogFinished("Generate", e, received_, status);
-    if (finish) Finish(status);
+    if (finish) {
+      RecordDone(status, info);
+      Finish(status);
+    }
   }
 
   void OnCancel() override {
     bool finish = false;
+    DoneInfo info;
     {
       std::lock_guard<std::mutex> lock(mu_);
       cancelled_ = true;
       finish = !rpc_finished_;
       rpc_finished_ = true;
+      info = DoneInfoLocked();
     }
     CancelEngineRequest();
-    if (finish) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+    if (finish) {
+      const grpc::Status status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      RecordDone(status, info);
+      Finish(status);
+    }
   }
 
   void OnDone() override {
@@ -239,8 +324,10 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
     LogRejected("Generate", status);
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (rpc_finished_) return;  // already finished by OnCancel
       rpc_finished_ = true;
     }
+    RecordDone(status, {});
     Finish(status);
   }
 
@@ -256,7 +343,8 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
                             public GenerationCallBase,
                             public std::enable_shared_from_this<StreamReactor> {
  public:
-  explicit StreamReactor(engine::Engine* engine) : GenerationCallBase(engine) {}
+  StreamReactor(engine::Engine* engine, ServerMetrics* metrics)
+      : GenerationCallBase(engine, metrics, "GenerateStream") {}
 
   void Start(grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
              int32_t default_max_new_tokens) {
@@ -277,6 +365,10 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
     }
     engine::GenerationRequest engine_request = std::move(prepared->request);
     prepared_ = std::move(*prepared);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      prompt_tokens_ = static_cast<int64_t>(engine_request.prompt.size());
+    }
     absl::StatusOr<uint64_t> id = engine_->Submit(std::move(engine_request), shared_from_this());
     if (!id.ok()) return FinishEarly(ToGrpcStatus(id.status()));
     Submitted(*id);
@@ -286,6 +378,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
   void OnTokens(const engine::TokenEvent& e) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
+      NoteTokensLocked(e);
       if (rpc_finished_ || (e.text.empty() && !return_token_ids_)) return;
       pending_.mutable_text()->append(e.text);
       if (return_token_ids_) {
@@ -301,6 +394,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
     {
       std::lock_guard<std::mutex> lock(mu_);
       engine_finished_ = true;
+      NoteFinishLocked(e);
       if (cancelled_ || write_failed_) {
         status = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
       }
@@ -349,6 +443,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
   void Pump() {
     enum { kNone, kWrite, kFinish } action = kNone;
     grpc::Status status;
+    DoneInfo info;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (rpc_finished_ || writing_) return;
@@ -365,18 +460,26 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
         action = kFinish;
         status = end_status_;
       }
-      if (action == kFinish) rpc_finished_ = true;
+      if (action == kFinish) {
+        rpc_finished_ = true;
+        info = DoneInfoLocked();
+      }
     }
     if (action == kWrite) StartWrite(&current_);
-    if (action == kFinish) Finish(status);
+    if (action == kFinish) {
+      RecordDone(status, info);
+      Finish(status);
+    }
   }
 
   void FinishEarly(const grpc::Status& status) {
     LogRejected("GenerateStream", status);
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (rpc_finished_) return;  // already finished by OnCancel
       rpc_finished_ = true;
     }
+    RecordDone(status, {});
     Finish(status);
   }
 
@@ -484,40 +587,64 @@ absl::StatusOr<PreparedRequest> PrepareRequest(
   return out;
 }
 
-InferenceService::InferenceService(ServiceOptions options) : options_(std::move(options)) {}
+InferenceService::InferenceService(ServiceOptions options, ServerMetrics* metrics)
+    : options_(std::move(options)), metrics_(metrics) {}
 
 grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext* context,
                                                      const v1::GenerateRequest* request,
                                                      v1::GenerateResponse* response) {
-  auto reactor = std::make_shared<GenerateReactor>(engine(), response);
+  auto reactor = std::make_shared<GenerateReactor>(engine(), metrics_, response);
   reactor->Start(context, *request, options_.default_max_new_tokens);
   return reactor.get();  // kept alive by its self-reference until OnDone
 }
 
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  auto reactor = std::make_shared<StreamReactor>(engine());
+  auto reactor = std::make_shared<StreamReactor>(engine(), metrics_);
   reactor->Start(context, *request, options_.default_max_new_tokens);
   return reactor.get();
 }
 
+namespace {
+
+// The reactor of a unary RPC answered at once, reporting to the metrics (nullable).
+class InstantCall {
+ public:
+  InstantCall(grpc::CallbackServerContext* context, ServerMetrics* metrics, const char* rpc)
+      : reactor_(context->DefaultReactor()), metrics_(metrics), rpc_(rpc) {
+    if (metrics_ != nullptr) metrics_->OnRequestStart(rpc_);
+  }
+  grpc::ServerUnaryReactor* Finish(const grpc::Status& status) {
+    if (metrics_ != nullptr) {
+      metrics_->OnRequestDone(rpc_, CodeName(status.error_code()), "",
+                              Seconds(Clock::now() - received_), 0, 0);
+    }
+    reactor_->Finish(status);
+    return reactor_;
+  }
+
+ private:
+  grpc::ServerUnaryReactor* const reactor_;
+  ServerMetrics* const metrics_;
+  const char* const rpc_;
+  const Clock::time_point received_ = Clock::now();
+};
+
+}  // namespace
+
 grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
                                                      const v1::TokenizeRequest* request,
                                                      v1::TokenizeResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  InstantCall call(context, metrics_, "Tokenize");
   engine::Engine* e = engine();
-  if (e == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
-    return reactor;
-  }
+  if (e == nullptr) return call.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
   const engine::Tokenizer& tokenizer = e->tokenizer();
   absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(
       request->text(), {.add_bos = request->has_add_bos() ? request->add_bos() : true,
                         .add_dummy_prefix = tokenizer.DefaultDummyPrefix()});
   if (!ids.ok()) {
-    reactor->Finish(
+    return call.Finish(
         ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message()))));
-    return reactor;
   }
   int32_t previous = -1;
   for (int32_t id : *ids) {
@@ -530,19 +657,15 @@ grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext
     }
     previous = id;
   }
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return call.Finish(grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerContext* context,
                                                          const v1::GetModelInfoRequest* /*request*/,
                                                          v1::GetModelInfoResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  InstantCall call(context, metrics_, "GetModelInfo");
   engine::Engine* e = engine();
-  if (e == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
-    return reactor;
-  }
+  if (e == nullptr) return call.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
   const engine::ModelConfig& c = e->model().config();
   response->set_model_name(options_.model_name);
   response->set_architecture(c.architecture);
@@ -584,8 +707,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerCon
   response->set_default_max_new_tokens(static_cast<int32_t>(std::min<int64_t>(
       options_.default_max_new_tokens, std::max<int64_t>(c.max_position_embeddings - 1, 1))));
   response->set_max_top_logprobs(0);  // logprobs are not supported yet
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return call.Finish(grpc::Status::OK);
 }
 
 }  // namespace cmoe::server

@@ -10,6 +10,11 @@
 // reactor; the reactor lives until both the engine's OnFinish and gRPC's OnDone have happened.
 // A cancelled call (client cancel or gRPC deadline) cancels the engine request, which frees its
 // KV blocks at the next step.
+//
+// With a ServerMetrics (optional, not owned), every RPC reports OnRequestStart / OnRequestDone
+// (rpc, gRPC code, finish reason, duration, prompt and generated tokens), and the generation
+// RPCs also OnQueue (the engine's queue time), OnFirstToken (arrival to first token) and OnToken
+// (the gaps between a stream's consecutive tokens, measured here).
 #ifndef CMOE_SERVER_INFERENCE_SERVICE_H_
 #define CMOE_SERVER_INFERENCE_SERVICE_H_
 
@@ -29,6 +34,8 @@
 #include "engine/engine.h"
 
 namespace cmoe::server {
+
+class ServerMetrics;
 
 // absl::Status -> grpc::Status (the codes coincide); the message is kept.
 grpc::Status ToGrpcStatus(const absl::Status& status);
@@ -57,7 +64,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(
 
 class InferenceService final : public v1::Inference::CallbackService {
  public:
-  explicit InferenceService(ServiceOptions options);
+  // `metrics` (nullable, not owned) must outlive the service.
+  explicit InferenceService(ServiceOptions options, ServerMetrics* metrics = nullptr);
 
   // Makes the service answer with `engine` (not owned; must outlive the server's RPCs).
   void SetEngine(engine::Engine* engine) { engine_.store(engine, std::memory_order_release); }
@@ -78,6 +86,7 @@ class InferenceService final : public v1::Inference::CallbackService {
   engine::Engine* engine() const { return engine_.load(std::memory_order_acquire); }
 
   const ServiceOptions options_;
+  ServerMetrics* const metrics_;
   std::atomic<engine::Engine*> engine_{nullptr};
 };
 

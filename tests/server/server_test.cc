@@ -1,16 +1,25 @@
 // cmoe-serve end to end: the binary runs as a child process on a free port with the shared
-// tinystories-656k model, and a generated stub talks to it.
+// tinystories-656k model (or a carve of it), and a generated stub talks to it; its Prometheus
+// /metrics endpoint is scraped over a plain socket.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,7 +31,9 @@
 #include "cmoe/v1/inference.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/metrics.h"
 #include "tests/test_util.h"
+#include "tests/tools/tool_runner.h"
 
 extern char** environ;
 
@@ -33,8 +44,9 @@ using ::testing::HasSubstr;
 
 constexpr char kModel[] = "tinystories-656k";
 
-// cmoe-serve as a child process: stdout through a pipe (for the "listening on" line), stderr
-// inherited (the request log shows up in the test output).
+// cmoe-serve as a child process: stdout through a pipe (for the "listening on" and "metrics on"
+// lines), stderr inherited (the request log shows up in the test output). Metrics are served on a
+// free port unless `extra` says otherwise.
 class ServerProcess {
  public:
   ~ServerProcess() {
@@ -46,17 +58,24 @@ class ServerProcess {
   }
 
   // Starts the server and waits for its port; empty string on success, else why not.
-  std::string Start(std::vector<std::string> extra = {}) {
+  std::string Start(std::vector<std::string> extra = {},
+                    const std::string& model = cmoe::testing::SharedModel(kModel)) {
     int fds[2];
     if (::pipe(fds) != 0) return "pipe failed";
     std::vector<std::string> args = {std::string(CMOE_BIN_DIR) + "/cmoe-serve",
                                      "--model",
-                                     cmoe::testing::SharedModel(kModel),
+                                     model,
                                      "--port",
                                      "0",
                                      "--threads",
-                                     "2"};
+                                     "2",
+                                     "--metrics-port",
+                                     "0"};
     args.insert(args.end(), extra.begin(), extra.end());
+    bool metrics = true;  // the last --metrics-port wins
+    for (size_t i = 0; i + 1 < args.size(); ++i) {
+      if (args[i] == "--metrics-port") metrics = args[i + 1] != "-1";
+    }
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -73,10 +92,11 @@ class ServerProcess {
       pid_ = -1;
       return "cannot start " + args[0];
     }
-    // Read "listening on HOST:PORT\n".
+    // Read "listening on HOST:PORT\n" (and "metrics on HOST:PORT\n").
     std::string out;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (out.find('\n') == std::string::npos) {
+    const auto lines = [&] { return std::count(out.begin(), out.end(), '\n'); };
+    while (lines() < (metrics ? 2 : 1)) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) return "no 'listening on' line within 20 s";
@@ -92,6 +112,17 @@ class ServerProcess {
     const std::string address = out.substr(prefix.size(), out.find('\n') - prefix.size());
     port_ = std::stoi(address.substr(address.rfind(':') + 1));
     if (port_ <= 0) return "bad port in: " + out;
+    if (metrics) {
+      const std::string metrics_prefix = "metrics on ";
+      const size_t line = out.find('\n') + 1;
+      if (out.compare(line, metrics_prefix.size(), metrics_prefix) != 0) {
+        return "no 'metrics on' line in: " + out;
+      }
+      const size_t end = out.find('\n', line);
+      const std::string metrics_address = out.substr(line, end - line);
+      metrics_port_ = std::stoi(metrics_address.substr(metrics_address.rfind(':') + 1));
+      if (metrics_port_ <= 0) return "bad metrics port in: " + out;
+    }
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
                                    grpc::InsecureChannelCredentials());
     return "";
@@ -114,12 +145,14 @@ class ServerProcess {
   }
 
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+  int metrics_port() const { return metrics_port_; }
   std::unique_ptr<v1::Inference::Stub> Stub() const { return v1::Inference::NewStub(channel_); }
 
  private:
   pid_t pid_ = -1;
   int out_fd_ = -1;
   int port_ = 0;
+  int metrics_port_ = 0;
   std::shared_ptr<grpc::Channel> channel_;
 };
 
@@ -439,6 +472,242 @@ TEST(ServerShutdownTest, SigtermDrainsInFlightStream) {
   EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(finishes, 1);
   EXPECT_EQ(tokens, 500);
+}
+
+// --- metrics ---
+
+// GET http://127.0.0.1:<port>/metrics over a plain socket; the body, or "" on failure.
+std::string Scrape(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval timeout{.tv_sec = 10, .tv_usec = 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  std::string response;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request =
+        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+        static_cast<ssize_t>(request.size())) {
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0)
+        response.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  if (response.rfind("HTTP/1.", 0) != 0 || response.find(" 200 ") == std::string::npos) return "";
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+// One sample of the text exposition format.
+struct Sample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+};
+
+std::vector<Sample> ParseSamples(const std::string& text) {
+  std::vector<Sample> samples;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    Sample s;
+    size_t i = line.find_first_of("{ ");
+    if (i == std::string::npos) continue;
+    s.name = line.substr(0, i);
+    if (line[i] == '{') {
+      ++i;
+      while (i < line.size() && line[i] != '}') {
+        const size_t eq = line.find("=\"", i);
+        const size_t close = line.find('"', eq + 2);
+        if (eq == std::string::npos || close == std::string::npos) break;
+        s.labels[line.substr(i, eq - i)] = line.substr(eq + 2, close - eq - 2);
+        i = close + 1;
+        if (i < line.size() && line[i] == ',') ++i;
+      }
+      ++i;
+    }
+    s.value = std::strtod(line.c_str() + i, nullptr);
+    samples.push_back(std::move(s));
+  }
+  return samples;
+}
+
+// The value of the series `name` with (at least) `labels`; nullopt when there is none.
+std::optional<double> Value(const std::vector<Sample>& samples, const std::string& name,
+                            const std::map<std::string, std::string>& labels = {}) {
+  for (const Sample& s : samples) {
+    if (s.name != name) continue;
+    bool match = true;
+    for (const auto& [k, v] : labels) {
+      const auto it = s.labels.find(k);
+      match = match && it != s.labels.end() && it->second == v;
+    }
+    if (match) return s.value;
+  }
+  return std::nullopt;
+}
+
+// A server of its own on a carve of the shared model (S2A2E8): Generate and GenerateStream traffic
+// shows up on /metrics.
+// A SentencePiece model (tokenizer.model, converted from llama2.c) is served like any other: the
+// tokenizer is our own, so nothing in the process but gRPC's libprotobuf parses protobuf.
+TEST(ServerSentencePieceTest, ConvertedStories260kServesAStory) {
+  const std::string bin = cmoe::testing::SharedModel("stories260K/stories260K.bin");
+  if (!std::filesystem::exists(bin)) GTEST_SKIP() << "no shared model stories260K";
+  cmoe::testing::ScratchDir scratch;
+  const std::string dir = scratch.Join("stories260K");
+  ASSERT_TRUE(cmoe::testing::Succeeded(cmoe::testing::RunTool(
+      "cmoe-convert", {"llama2c", "--model", bin, "--tokenizer",
+                       cmoe::testing::SharedModel("stories260K/tok512.model"), "--out", dir})));
+  ServerProcess server;
+  ASSERT_EQ(server.Start({}, dir), "");
+  ASSERT_TRUE(WaitServing(server.channel().get()));
+  auto stub = server.Stub();
+  grpc::ClientContext context;
+  v1::GenerateResponse response;
+  const grpc::Status status = stub->Generate(&context, GreedyRequest(24), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.token_ids_size(), 24);
+  // The greedy continuation of "Once upon a time" by stories260K (README) starts ", there was".
+  EXPECT_EQ(response.text().rfind(", there was a little girl", 0), 0u) << response.text();
+  const StreamResult streamed = RunStream(*stub, GreedyRequest(24));
+  ASSERT_TRUE(streamed.status.ok()) << streamed.status.error_message();
+  EXPECT_EQ(streamed.text, response.text());
+}
+
+TEST(ServerMetricsTest, CarvedModelTrafficIsCounted) {
+  if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel)) ||
+      !std::filesystem::exists(cmoe::testing::SharedData("tinystories_val.txt"))) {
+    GTEST_SKIP() << "no shared model " << kModel << " or tinystories_val.txt";
+  }
+  cmoe::testing::ScratchDir scratch;
+  const std::string carved = scratch.Join("carved");
+  const cmoe::testing::SubprocessResult carve = cmoe::testing::RunTool(
+      "cmoe-carve",
+      {"--model", cmoe::testing::SharedModel(kModel), "--calib",
+       cmoe::testing::SharedData("tinystories_val.txt"), "--calib-range", "0:200000",
+       "--calib-seqs", "2", "--calib-len", "64", "--config", "S2A2E8", "--out", carved});
+  ASSERT_TRUE(cmoe::testing::Succeeded(carve));
+
+  ServerProcess server;
+  ASSERT_EQ(server.Start({}, carved), "");
+  ASSERT_GT(server.metrics_port(), 0);
+  // The endpoint answers while the model loads.
+  EXPECT_NE(Scrape(server.metrics_port()), "");
+  ASSERT_TRUE(WaitServing(server.channel().get()));
+  auto stub = server.Stub();
+
+  // Traffic: 2 Generate calls, 4 concurrent streams, one Tokenize and one GetModelInfo; every
+  // generation ends by length.
+  int64_t generated = 0;
+  for (int i = 0; i < 2; ++i) {
+    grpc::ClientContext context;
+    v1::GenerateResponse response;
+    ASSERT_TRUE(stub->Generate(&context, GreedyRequest(8 + i), &response).ok());
+    generated += response.token_ids_size();
+  }
+  constexpr int kStreams = 4;
+  std::vector<StreamResult> results(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] { results[i] = RunStream(*server.Stub(), GreedyRequest(10 + i)); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (const StreamResult& r : results) {
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    ASSERT_EQ(r.finish.reason(), v1::FINISH_REASON_LENGTH);
+    generated += static_cast<int64_t>(r.tokens.size());
+  }
+  {
+    grpc::ClientContext context;
+    v1::TokenizeRequest request;
+    request.set_text("Once upon a time");
+    v1::TokenizeResponse response;
+    ASSERT_TRUE(stub->Tokenize(&context, request, &response).ok());
+    grpc::ClientContext info_context;
+    v1::GetModelInfoResponse info;
+    ASSERT_TRUE(stub->GetModelInfo(&info_context, {}, &info).ok());
+    ASSERT_TRUE(info.has_cmoe());
+  }
+
+  // The engine gauges are polled every 100 ms: wait for the KV cache to read empty again.
+  std::string text;
+  std::vector<Sample> samples;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  do {
+    text = Scrape(server.metrics_port());
+    samples = ParseSamples(text);
+    if (Value(samples, "cmoe_kv_cache_usage_ratio") == 0.0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } while (std::chrono::steady_clock::now() < deadline);
+  ASSERT_NE(text, "");
+
+  for (const std::string& name : ServerMetrics::MetricNames()) {
+    EXPECT_NE(text.find("# TYPE " + name + " "), std::string::npos) << name << " missing";
+  }
+  EXPECT_EQ(Value(samples, "cmoe_requests_total",
+                  {{"rpc", "GenerateStream"}, {"code", "OK"}, {"finish_reason", "length"}}),
+            kStreams);
+  EXPECT_EQ(Value(samples, "cmoe_requests_total",
+                  {{"rpc", "Generate"}, {"code", "OK"}, {"finish_reason", "length"}}),
+            2);
+  EXPECT_EQ(Value(samples, "cmoe_requests_total",
+                  {{"rpc", "Tokenize"}, {"code", "OK"}, {"finish_reason", "none"}}),
+            1);
+  EXPECT_EQ(Value(samples, "cmoe_requests_total",
+                  {{"rpc", "GetModelInfo"}, {"code", "OK"}, {"finish_reason", "none"}}),
+            1);
+  EXPECT_EQ(Value(samples, "cmoe_generated_tokens_total"), static_cast<double>(generated));
+  EXPECT_GT(Value(samples, "cmoe_prompt_tokens_total").value_or(0), 0);
+  const double computed = Value(samples, "cmoe_ffn_neurons_computed_total").value_or(-1);
+  const double dense = Value(samples, "cmoe_ffn_neurons_dense_total").value_or(-1);
+  EXPECT_GT(computed, 0);
+  EXPECT_LT(computed, dense);
+  const double ratio = Value(samples, "cmoe_ffn_activation_ratio").value_or(-1);
+  EXPECT_GT(ratio, 0);
+  EXPECT_LT(ratio, 1);
+  EXPECT_EQ(Value(samples, "cmoe_kv_cache_usage_ratio"), 0.0);
+  EXPECT_EQ(Value(samples, "cmoe_running_requests"), 0.0);
+  EXPECT_EQ(Value(samples, "cmoe_waiting_requests"), 0.0);
+  EXPECT_EQ(Value(samples, "cmoe_in_flight_requests", {{"rpc", "GenerateStream"}}), 0.0);
+  EXPECT_GT(Value(samples, "cmoe_tokens_per_step_count").value_or(0), 0);
+  EXPECT_EQ(Value(samples, "cmoe_time_to_first_token_seconds_count"), 2.0 + kStreams);
+  EXPECT_EQ(Value(samples, "cmoe_queue_time_seconds_count"), 2.0 + kStreams);
+  EXPECT_EQ(Value(samples, "cmoe_inter_token_latency_seconds_count"),
+            static_cast<double>(generated - 2 - kStreams));
+  EXPECT_GT(Value(samples, "cmoe_expert_tokens_total").value_or(0), 0);
+
+  EXPECT_EQ(server.Terminate(), 0);
+}
+
+// A metrics port that is taken is a startup error.
+TEST(ServerMetricsTest, MetricsPortInUseFailsTheStart) {
+  if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel))) {
+    GTEST_SKIP() << "no shared model " << kModel;
+  }
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string port = std::to_string(ntohs(addr.sin_port));
+  const cmoe::testing::SubprocessResult r = cmoe::testing::RunTool(
+      "cmoe-serve",
+      {"--model", cmoe::testing::SharedModel(kModel), "--port", "0", "--metrics-port", port});
+  ::close(fd);
+  cmoe::testing::ExpectToolError(r, "cmoe-serve", {port});
+  EXPECT_EQ(r.out, "");
 }
 
 }  // namespace
