@@ -77,26 +77,11 @@ grpc::Status EndStatus(const engine::FinishEvent& e, bool client_deadline) {
   return grpc::Status::OK;
 }
 
-const char* CodeName(grpc::StatusCode code) {
-  static constexpr const char* kNames[] = {"OK",
-                                           "CANCELLED",
-                                           "UNKNOWN",
-                                           "INVALID_ARGUMENT",
-                                           "DEADLINE_EXCEEDED",
-                                           "NOT_FOUND",
-                                           "ALREADY_EXISTS",
-                                           "PERMISSION_DENIED",
-                                           "RESOURCE_EXHAUSTED",
-                                           "FAILED_PRECONDITION",
-                                           "ABORTED",
-                                           "OUT_OF_RANGE",
-                                           "UNIMPLEMENTED",
-                                           "INTERNAL",
-                                           "UNAVAILABLE",
-                                           "DATA_LOSS",
-                                           "UNAUTHENTICATED"};
+// The canonical name of a gRPC code ("INVALID_ARGUMENT"), from the metrics' label set.
+std::string_view CodeName(grpc::StatusCode code) {
+  const std::vector<std::string_view>& names = ServerMetrics::CodeNames();
   const int i = static_cast<int>(code);
-  return i >= 0 && i < static_cast<int>(std::size(kNames)) ? kNames[i] : "UNKNOWN";
+  return i >= 0 && i < static_cast<int>(names.size()) ? names[i] : std::string_view("UNKNOWN");
 }
 
 void LogFinished(const char* rpc, const engine::FinishEvent& e, Clock::time_point received,

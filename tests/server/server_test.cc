@@ -32,6 +32,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/metrics.h"
+#include "tests/server/server_process.h"
 #include "tests/test_util.h"
 #include "tests/tools/tool_runner.h"
 
@@ -44,152 +45,18 @@ using ::testing::HasSubstr;
 
 constexpr char kModel[] = "tinystories-656k";
 
-// cmoe-serve as a child process: stdout through a pipe (for the "listening on" and "metrics on"
-// lines), stderr inherited (the request log shows up in the test output). Metrics are served on a
-// free port unless `extra` says otherwise.
-class ServerProcess {
- public:
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (out_fd_ >= 0) ::close(out_fd_);
-  }
+using cmoe::testing::HealthCheck;
+using cmoe::testing::kServing;
+using cmoe::testing::WaitServing;
 
-  // Starts the server and waits for its port; empty string on success, else why not.
+// cmoe-serve (tests/server/server_process.h) with the shared tinystories-656k model by default.
+class ServerProcess : public cmoe::testing::ServerProcess {
+ public:
   std::string Start(std::vector<std::string> extra = {},
                     const std::string& model = cmoe::testing::SharedModel(kModel)) {
-    int fds[2];
-    if (::pipe(fds) != 0) return "pipe failed";
-    std::vector<std::string> args = {std::string(CMOE_BIN_DIR) + "/cmoe-serve",
-                                     "--model",
-                                     model,
-                                     "--port",
-                                     "0",
-                                     "--threads",
-                                     "2",
-                                     "--metrics-port",
-                                     "0"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    bool metrics = true;  // the last --metrics-port wins
-    for (size_t i = 0; i + 1 < args.size(); ++i) {
-      if (args[i] == "--metrics-port") metrics = args[i + 1] != "-1";
-    }
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    const int rc = ::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(fds[1]);
-    out_fd_ = fds[0];
-    if (rc != 0) {
-      pid_ = -1;
-      return "cannot start " + args[0];
-    }
-    // Read "listening on HOST:PORT\n" (and "metrics on HOST:PORT\n").
-    std::string out;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    const auto lines = [&] { return std::count(out.begin(), out.end(), '\n'); };
-    while (lines() < (metrics ? 2 : 1)) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return "no 'listening on' line within 20 s";
-      pollfd p{.fd = out_fd_, .events = POLLIN, .revents = 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-      char buf[256];
-      const ssize_t n = ::read(out_fd_, buf, sizeof(buf));
-      if (n <= 0) return "the server exited before listening: " + out;
-      out.append(buf, static_cast<size_t>(n));
-    }
-    const std::string prefix = "listening on ";
-    if (out.rfind(prefix, 0) != 0) return "unexpected stdout: " + out;
-    const std::string address = out.substr(prefix.size(), out.find('\n') - prefix.size());
-    port_ = std::stoi(address.substr(address.rfind(':') + 1));
-    if (port_ <= 0) return "bad port in: " + out;
-    if (metrics) {
-      const std::string metrics_prefix = "metrics on ";
-      const size_t line = out.find('\n') + 1;
-      if (out.compare(line, metrics_prefix.size(), metrics_prefix) != 0) {
-        return "no 'metrics on' line in: " + out;
-      }
-      const size_t end = out.find('\n', line);
-      const std::string metrics_address = out.substr(line, end - line);
-      metrics_port_ = std::stoi(metrics_address.substr(metrics_address.rfind(':') + 1));
-      if (metrics_port_ <= 0) return "bad metrics port in: " + out;
-    }
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
-                                   grpc::InsecureChannelCredentials());
-    return "";
+    return cmoe::testing::ServerProcess::Start(std::move(extra), model);
   }
-
-  // SIGTERM, then the exit code (-1 on a signal or after `seconds`).
-  int Terminate(double seconds = 20) {
-    ::kill(pid_, SIGTERM);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    int status = 0;
-    while (std::chrono::steady_clock::now() < deadline) {
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return -1;
-  }
-
-  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
-  int metrics_port() const { return metrics_port_; }
-  std::unique_ptr<v1::Inference::Stub> Stub() const { return v1::Inference::NewStub(channel_); }
-
- private:
-  pid_t pid_ = -1;
-  int out_fd_ = -1;
-  int port_ = 0;
-  int metrics_port_ = 0;
-  std::shared_ptr<grpc::Channel> channel_;
 };
-
-// grpc.health.v1.Health/Check with an empty request (the whole server), as raw bytes: the
-// response's field 1 is the status (SERVING = 1).
-grpc::Status HealthCheck(grpc::Channel* channel, std::string* response) {
-  grpc::Slice slice(std::string{});
-  grpc::ByteBuffer request_buffer(&slice, 1);
-  grpc::ByteBuffer response_buffer;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
-      channel,
-      grpc::internal::RpcMethod("/grpc.health.v1.Health/Check",
-                                grpc::internal::RpcMethod::NORMAL_RPC),
-      &context, request_buffer, &response_buffer);
-  if (status.ok()) {
-    std::vector<grpc::Slice> slices;
-    EXPECT_TRUE(response_buffer.Dump(&slices).ok());
-    response->clear();
-    for (const grpc::Slice& s : slices) response->append(s.begin(), s.end());
-  }
-  return status;
-}
-
-const std::string kServing = std::string("\x08\x01", 2);
-
-// Polls health until SERVING (the model loads after the server starts listening).
-bool WaitServing(grpc::Channel* channel) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::string response;
-    if (HealthCheck(channel, &response).ok() && response == kServing) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
-}
 
 v1::GenerateRequest GreedyRequest(int max_new_tokens) {
   v1::GenerateRequest r;
