@@ -43,7 +43,8 @@ std::vector<std::string> ParseToolFlags(int argc, char** argv, std::string_view 
   // which never matches our dashed names (cmoe-generate vs cmoe_generate.cc).
   absl::FlagsUsageConfig usage_config;
   usage_config.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "tools/cmoe_");
+    return absl::StrContains(file, "tools/cmoe_") || absl::StrContains(file, "server/cmoe_") ||
+           absl::StrContains(file, "client/cmoe_");
   };
   absl::SetFlagsUsageConfig(usage_config);
   std::vector<std::string> normalized;
