@@ -164,6 +164,38 @@ class GenerationCallBase : public engine::RequestSink {
                             info.generated_tokens);
   }
 
+  // The start both generation RPCs share: validates and converts the request, fills `echo` (when
+  // the request asks for it; written under mu_, together with `*echo_written` = true when that
+  // is given), and submits to the engine with `sink` (the reactor itself). A non-OK status means
+  // the RPC must finish early with it.
+  grpc::Status PrepareAndSubmit(grpc::CallbackServerContext* context,
+                                const v1::GenerateRequest& request, int32_t default_max_new_tokens,
+                                v1::PromptEcho* echo, bool* echo_written,
+                                std::shared_ptr<engine::RequestSink> sink) {
+    if (engine_ == nullptr) return grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading);
+    absl::StatusOr<PreparedRequest> prepared =
+        PrepareRequest(request, *engine_, default_max_new_tokens, received_, context->deadline());
+    if (!prepared.ok()) return ToGrpcStatus(prepared.status());
+    return_token_ids_ = request.output().return_token_ids();
+    engine::GenerationRequest engine_request = std::move(prepared->request);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (echo != nullptr) {
+        echo->set_text(prepared->echo_text);
+        if (return_token_ids_) {
+          for (int32_t id : engine_request.prompt) echo->add_token_ids(id);
+        }
+        if (echo_written != nullptr) *echo_written = true;
+      }
+      prompt_tokens_ = static_cast<int64_t>(engine_request.prompt.size());
+    }
+    prepared_ = std::move(*prepared);
+    absl::StatusOr<uint64_t> id = engine_->Submit(std::move(engine_request), std::move(sink));
+    if (!id.ok()) return ToGrpcStatus(id.status());
+    Submitted(*id);
+    return grpc::Status::OK;
+  }
+
   // Cancels the engine request if it was submitted and has not finished.
   void CancelEngineRequest() {
     uint64_t id = 0;
@@ -219,27 +251,11 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
   void Start(grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
              int32_t default_max_new_tokens) {
     self_ = shared_from_this();
-    if (engine_ == nullptr)
-      return FinishEarly(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
-    absl::StatusOr<PreparedRequest> prepared =
-        PrepareRequest(request, *engine_, default_max_new_tokens, received_, context->deadline());
-    if (!prepared.ok()) return FinishEarly(ToGrpcStatus(prepared.status()));
-    return_token_ids_ = request.output().return_token_ids();
-    if (request.output().echo_prompt()) {
-      response_->mutable_prompt()->set_text(prepared->echo_text);
-      if (return_token_ids_) {
-        for (int32_t id : prepared->request.prompt) response_->mutable_prompt()->add_token_ids(id);
-      }
-    }
-    engine::GenerationRequest engine_request = std::move(prepared->request);
-    prepared_ = std::move(*prepared);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      prompt_tokens_ = static_cast<int64_t>(engine_request.prompt.size());
-    }
-    absl::StatusOr<uint64_t> id = engine_->Submit(std::move(engine_request), shared_from_this());
-    if (!id.ok()) return FinishEarly(ToGrpcStatus(id.status()));
-    Submitted(*id);
+    const grpc::Status status =
+        PrepareAndSubmit(context, request, default_max_new_tokens,
+                         request.output().echo_prompt() ? response_->mutable_prompt() : nullptr,
+                         /*echo_written=*/nullptr, shared_from_this());
+    if (!status.ok()) FinishEarly(status);
   }
 
   void OnTokens(const engine::TokenEvent& e) override {
@@ -334,29 +350,11 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
   void Start(grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
              int32_t default_max_new_tokens) {
     self_ = shared_from_this();
-    if (engine_ == nullptr)
-      return FinishEarly(grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading));
-    absl::StatusOr<PreparedRequest> prepared =
-        PrepareRequest(request, *engine_, default_max_new_tokens, received_, context->deadline());
-    if (!prepared.ok()) return FinishEarly(ToGrpcStatus(prepared.status()));
-    return_token_ids_ = request.output().return_token_ids();
-    if (request.output().echo_prompt()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      pending_.mutable_prompt()->set_text(prepared->echo_text);
-      if (return_token_ids_) {
-        for (int32_t id : prepared->request.prompt) pending_.mutable_prompt()->add_token_ids(id);
-      }
-      has_pending_ = true;
-    }
-    engine::GenerationRequest engine_request = std::move(prepared->request);
-    prepared_ = std::move(*prepared);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      prompt_tokens_ = static_cast<int64_t>(engine_request.prompt.size());
-    }
-    absl::StatusOr<uint64_t> id = engine_->Submit(std::move(engine_request), shared_from_this());
-    if (!id.ok()) return FinishEarly(ToGrpcStatus(id.status()));
-    Submitted(*id);
+    const grpc::Status status =
+        PrepareAndSubmit(context, request, default_max_new_tokens,
+                         request.output().echo_prompt() ? pending_.mutable_prompt() : nullptr,
+                         &has_pending_, shared_from_this());
+    if (!status.ok()) return FinishEarly(status);
     Pump();
   }
 
