@@ -306,6 +306,7 @@ void Engine::Step() {
     prefill_tokens += n;
   }
   if (chunks.empty()) return;
+  Timer step_timer;
   const SteadyTime now = std::chrono::steady_clock::now();
   for (Sequence* s : owners) {
     if (!s->started) {
@@ -313,10 +314,10 @@ void Engine::Step() {
       s->first_step = now;
     }
   }
-  Timer timer;
+  Timer forward_timer;
   ForwardOutput out;
   const absl::Status status = model_.model->Forward(chunks, *model_.cache, out);
-  const double seconds = timer.Seconds();
+  const double forward_seconds = forward_timer.Seconds();
   if (!status.ok()) {
     CMOE_LOG(ERROR) << "step of " << chunks.size() << " sequences failed: " << status;
     for (Sequence* s : owners) Finish(*s, FinishReason::kError, status);
@@ -338,7 +339,8 @@ void Engine::Step() {
     on_step_({.tokens = decode_tokens + prefill_tokens,
               .decode_tokens = decode_tokens,
               .prefill_tokens = prefill_tokens,
-              .seconds = seconds,
+              .forward_seconds = forward_seconds,
+              .step_seconds = step_timer.Seconds(),
               .ffn = &model_.model->last_step_stats()});
   }
 }

@@ -45,7 +45,8 @@ struct StepReport {
   int64_t tokens = 0;  // rows of the step
   int64_t decode_tokens = 0;
   int64_t prefill_tokens = 0;
-  double seconds = 0;
+  double forward_seconds = 0;  // Model::Forward of the step
+  double step_seconds = 0;     // the whole step: packing, forward, sampling, delivery to sinks
   const FfnStepStats* ffn = nullptr;  // the model's counters of this step
 };
 

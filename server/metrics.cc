@@ -64,6 +64,12 @@ const std::vector<MetricInfo>& ServerMetrics::Metrics() {
        "Time a generation request waited before its first engine step."},
       {"cmoe_tokens_per_step", "histogram", "",
        "Tokens (decodes plus prefill chunks) in one engine step."},
+      {"cmoe_step_duration_seconds", "histogram", "",
+       "Wall time of one engine step: batch packing, the model forward, sampling and delivery "
+       "of the new tokens."},
+      {"cmoe_model_forward_seconds_total", "counter", "",
+       "Time the engine spent in the model forward (compare with cmoe_step_duration_seconds_sum "
+       "for the scheduling and sampling share)."},
       {"cmoe_requests_total", "counter", "rpc,code,finish_reason",
        "Finished RPCs by RPC, gRPC status code and finish reason (none: never reached the "
        "engine)."},
@@ -192,6 +198,13 @@ void ServerMetrics::Build() {
   tokens_per_step_ = &Register(prometheus::BuildHistogram(), "cmoe_tokens_per_step", r)
                           .Add({}, Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256,
                                                                512, 1024, 2048, 4096, 8192});
+  step_duration_ =
+      &Register(prometheus::BuildHistogram(), "cmoe_step_duration_seconds", r)
+           .Add({}, Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015,
+                                                0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5,
+                                                5});
+  forward_seconds_ =
+      &Register(prometheus::BuildCounter(), "cmoe_model_forward_seconds_total", r).Add({});
 
   requests_ = &Register(prometheus::BuildCounter(), "cmoe_requests_total", r);
   // Series of the expected outcomes start at zero (rate() sees their first increment, and the
@@ -332,6 +345,8 @@ void ServerMetrics::OnQueue(double queue_s) { queue_time_->Observe(NonNegative(q
 
 void ServerMetrics::OnStep(const engine::StepReport& report) {
   tokens_per_step_->Observe(static_cast<double>(std::max<int64_t>(report.tokens, 0)));
+  step_duration_->Observe(std::max(report.step_seconds, 0.0));
+  if (report.forward_seconds > 0) forward_seconds_->Increment(report.forward_seconds);
   if (report.ffn == nullptr) return;
   const engine::FfnStepStats& ffn = *report.ffn;
 

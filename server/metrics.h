@@ -134,6 +134,8 @@ class ServerMetrics {
   prometheus::Histogram* inter_token_ = nullptr;
   prometheus::Histogram* queue_time_ = nullptr;
   prometheus::Histogram* tokens_per_step_ = nullptr;
+  prometheus::Histogram* step_duration_ = nullptr;
+  prometheus::Counter* forward_seconds_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Counter* generated_tokens_ = nullptr;
   prometheus::Counter* ffn_computed_ = nullptr;

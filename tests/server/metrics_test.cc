@@ -66,6 +66,8 @@ engine::StepReport Report(const engine::FfnStepStats& ffn) {
   engine::StepReport r;
   r.tokens = ffn.tokens;
   r.decode_tokens = ffn.tokens;
+  r.forward_seconds = 0.002 * static_cast<double>(ffn.tokens);
+  r.step_seconds = r.forward_seconds + 0.001;
   r.ffn = &ffn;
   return r;
 }
@@ -91,6 +93,8 @@ TEST(ServerMetricsTest, EveryFamilyIsExposedWithItsType) {
       {"cmoe_inter_token_latency_seconds", "histogram"},
       {"cmoe_queue_time_seconds", "histogram"},
       {"cmoe_tokens_per_step", "histogram"},
+      {"cmoe_step_duration_seconds", "histogram"},
+      {"cmoe_model_forward_seconds_total", "counter"},
       {"cmoe_requests_total", "counter"},
       {"cmoe_prompt_tokens_total", "counter"},
       {"cmoe_generated_tokens_total", "counter"},
@@ -146,6 +150,12 @@ TEST(ServerMetricsTest, StepsMoveFfnAndExpertCounters) {
   EXPECT_EQ(ValueOr(text, "cmoe_tokens_per_step_sum"), 6);
   EXPECT_EQ(ValueOr(text, "cmoe_tokens_per_step_bucket{le=\"2\"}"), 1);
   EXPECT_EQ(ValueOr(text, "cmoe_tokens_per_step_bucket{le=\"4\"}"), 2);
+  // Step durations: 4 tokens -> 9 ms (8 ms forward), 2 tokens -> 5 ms (4 ms forward).
+  EXPECT_EQ(ValueOr(text, "cmoe_step_duration_seconds_count"), 2);
+  EXPECT_NEAR(ValueOr(text, "cmoe_step_duration_seconds_sum"), 0.014, 1e-12);
+  EXPECT_EQ(ValueOr(text, "cmoe_step_duration_seconds_bucket{le=\"0.005\"}"), 1);
+  EXPECT_EQ(ValueOr(text, "cmoe_step_duration_seconds_bucket{le=\"0.01\"}"), 2);
+  EXPECT_NEAR(ValueOr(text, "cmoe_model_forward_seconds_total"), 0.012, 1e-12);
 }
 
 TEST(ServerMetricsTest, WindowForgetsOldSteps) {
