@@ -1,10 +1,19 @@
 #include "engine/kv_cache.h"
 
+#include <algorithm>
 #include <new>
 
 #include "absl/strings/str_cat.h"
 
 namespace cmoe::engine {
+
+int64_t DefaultKvCacheTokens(const ModelConfig& config, int64_t max_running) {
+  const int64_t context = config.max_position_embeddings;
+  const int64_t bytes_per_token = std::max<int64_t>(
+      1, 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4);
+  const int64_t cap = std::max<int64_t>(context, (int64_t{4} << 30) / bytes_per_token);
+  return std::min(std::max<int64_t>(max_running, 1) * context, cap);
+}
 
 int64_t KvCache::BytesPerBlock(const ModelConfig& config, int32_t block_size) {
   return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim *

@@ -34,6 +34,10 @@ struct SequenceBlocks {
   int64_t length = 0;  // positions reserved (written or about to be written this step)
 };
 
+// The default capacity of a serving cache, in positions: room for `max_running` full contexts,
+// capped at 4 GiB of f32 keys and values (but at least one context).
+int64_t DefaultKvCacheTokens(const ModelConfig& config, int64_t max_running);
+
 class KvCache {
  public:
   // Allocates num_blocks * BytesPerBlock(config, block_size) bytes. InvalidArgument for

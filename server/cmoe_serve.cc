@@ -35,6 +35,7 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "engine/engine.h"
+#include "engine/kv_cache.h"
 #include "engine/model_config.h"
 #include "engine/model_loader.h"
 #include "server/inference_service.h"
@@ -61,16 +62,6 @@ namespace cmoe::server {
 namespace {
 
 constexpr char kServiceName[] = "cmoe.v1.Inference";
-
-// The default KV cache size: room for every running sequence's full context, capped at 4 GiB of
-// float32 K and V (but at least one context).
-int64_t DefaultKvCacheTokens(const engine::ModelConfig& c, int64_t max_running) {
-  const int64_t context = c.max_position_embeddings;
-  const int64_t bytes_per_token =
-      std::max<int64_t>(1, 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4);
-  const int64_t cap = std::max<int64_t>(context, (int64_t{4} << 30) / bytes_per_token);
-  return std::min(max_running * context, cap);
-}
 
 // "host:port", with IPv6 hosts in brackets.
 std::string HostPort(const std::string& host, int port) {
@@ -140,7 +131,7 @@ absl::Status Run() {
   CMOE_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(model_dir));
   int64_t kv_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   if (kv_tokens < 0) return absl::InvalidArgumentError("--kv-cache-tokens must be >= 0");
-  if (kv_tokens == 0) kv_tokens = DefaultKvCacheTokens(config, engine_options.max_running);
+  if (kv_tokens == 0) kv_tokens = engine::DefaultKvCacheTokens(config, engine_options.max_running);
 
   const int32_t metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port < -1 || metrics_port > 65535) {
