@@ -1,7 +1,8 @@
 // cmoe-cli: a command-line client of cmoe-serve (cmoe.v1.Inference and grpc.health.v1.Health).
 //
 //   cmoe-cli --target HOST:PORT generate --prompt TEXT [--max-new-tokens N] [--temperature T]
-//            [--top-k K] [--top-p P] [--seed S] [--active-experts K] [--ignore-eos] [--json]
+//            [--top-k K] [--top-p P] [--seed S] [--active-experts K] [--ignore-eos]
+//            [--logprobs N] [--json]
 //   cmoe-cli --target HOST:PORT stream   (the flags of generate; text deltas as they arrive)
 //   cmoe-cli --target HOST:PORT tokenize --text TEXT [--json]
 //   cmoe-cli --target HOST:PORT info [--json]
@@ -11,6 +12,10 @@
 //
 // Every call has a deadline, --timeout seconds (default 30; 5 for health). A failed call prints
 // "cmoe-cli: error: <CODE>: <message>" and exits 1.
+//
+// --logprobs N (generate, stream): each generated token's log-probability and its N most likely
+// alternatives (0: none; -1, the default: off). With --json they are the "logprobs" array; else
+// one line per token goes to stderr after the text, so stdout stays the text alone.
 //
 // bench: C worker threads, each with its own channel (a local subchannel pool, so each worker has
 // its own HTTP/2 connection, like C independent clients), run GenerateStream calls (ignore_eos,
@@ -58,6 +63,9 @@ ABSL_FLAG(std::optional<uint64_t>, seed, std::nullopt, "Random seed");
 ABSL_FLAG(int32_t, active_experts, 0,
           "Carved models: routed experts per token (0: the server's default)");
 ABSL_FLAG(bool, ignore_eos, false, "generate/stream: keep generating after EOS");
+ABSL_FLAG(int32_t, logprobs, -1,
+          "generate/stream: print each token's log-probability and its N most likely "
+          "alternatives (0: none; -1: off; at most the server's max_top_logprobs)");
 ABSL_FLAG(std::string, service, "", "health: the service to check (empty: the whole server)");
 ABSL_FLAG(int32_t, concurrency, 1, "bench: worker threads (requests in flight)");
 ABSL_FLAG(int32_t, requests, 0, "bench: requests to run");
@@ -127,6 +135,43 @@ Json FinishJson(const v1::FinishInfo& f) {
               {"seed", f.seed()}};
 }
 
+using Logprobs = google::protobuf::RepeatedPtrField<v1::TokenLogprob>;
+
+// `bytes` as a JSON string literal (invalid UTF-8 replaced): spaces and newlines stay visible.
+std::string Quoted(const std::string& bytes) {
+  return Json(bytes).dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+Json LogprobsJson(const Logprobs& logprobs) {
+  Json out = Json::array();
+  for (const v1::TokenLogprob& lp : logprobs) {
+    Json top = Json::array();
+    for (const v1::TopLogprob& t : lp.top_logprobs()) {
+      top.push_back({{"token_id", t.token_id()}, {"piece", t.piece()}, {"logprob", t.logprob()}});
+    }
+    out.push_back({{"token_id", lp.token_id()},
+                   {"piece", lp.piece()},
+                   {"logprob", lp.logprob()},
+                   {"top_logprobs", std::move(top)}});
+  }
+  return out;
+}
+
+// One line per token on stderr: id, piece, logprob, then the alternatives.
+//   cmoe-cli: logprob    303 "Lily "          -0.9728  | "Lily " -0.9728, "Lucy " -2.2172
+void PrintLogprobs(const Logprobs& logprobs) {
+  for (const v1::TokenLogprob& lp : logprobs) {
+    std::fprintf(stderr, "%s: logprob %6d %-14s %9.4f", kTool, lp.token_id(),
+                 Quoted(lp.piece()).c_str(), lp.logprob());
+    for (int k = 0; k < lp.top_logprobs_size(); ++k) {
+      const v1::TopLogprob& t = lp.top_logprobs(k);
+      std::fprintf(stderr, "%s%s %.4f", k == 0 ? "  | " : ", ", Quoted(t.piece()).c_str(),
+                   t.logprob());
+    }
+    std::fputc('\n', stderr);
+  }
+}
+
 absl::StatusOr<v1::GenerateRequest> RequestFromFlags() {
   v1::GenerateRequest r;
   const std::string prompt = absl::GetFlag(FLAGS_prompt);
@@ -145,6 +190,12 @@ absl::StatusOr<v1::GenerateRequest> RequestFromFlags() {
   if (experts < 0) return absl::InvalidArgumentError("--active-experts must be >= 0");
   r.set_num_activated_experts(experts);
   r.mutable_output()->set_return_token_ids(true);
+  const int32_t logprobs = absl::GetFlag(FLAGS_logprobs);
+  if (logprobs < -1) return absl::InvalidArgumentError("--logprobs must be >= -1 (-1: off)");
+  if (logprobs >= 0) {
+    r.mutable_output()->set_logprobs(true);
+    r.mutable_output()->set_top_logprobs(logprobs);
+  }
   return r;
 }
 
@@ -161,10 +212,13 @@ absl::Status RunGenerate() {
     Json j{{"text", response.text()},
            {"token_ids",
             std::vector<int32_t>(response.token_ids().begin(), response.token_ids().end())}};
+    if (request->output().logprobs()) j["logprobs"] = LogprobsJson(response.logprobs());
     j.update(FinishJson(response.finish()));
     PrintJson(j);
   } else {
     std::printf("%s\n", response.text().c_str());
+    std::fflush(stdout);
+    PrintLogprobs(response.logprobs());
   }
   return absl::OkStatus();
 }
@@ -182,6 +236,7 @@ absl::Status RunStream() {
   v1::GenerateStreamResponse message;
   std::string text;
   std::vector<int32_t> tokens;
+  Logprobs logprobs;
   v1::FinishInfo finish;
   int messages = 0;
   while (reader->Read(&message)) {
@@ -189,6 +244,7 @@ absl::Status RunStream() {
     if (!first && message.token_ids_size() > 0) first = Clock::now();
     text += message.text();
     tokens.insert(tokens.end(), message.token_ids().begin(), message.token_ids().end());
+    logprobs.MergeFrom(message.logprobs());
     if (message.has_finish()) finish = message.finish();
     if (!json && !message.text().empty()) {
       std::fwrite(message.text().data(), 1, message.text().size(), stdout);
@@ -202,10 +258,13 @@ absl::Status RunStream() {
   if (!status.ok()) return FromGrpc(status);
   if (json) {
     Json j{{"text", text}, {"token_ids", tokens}, {"messages", messages}};
+    if (request->output().logprobs()) j["logprobs"] = LogprobsJson(logprobs);
     j.update(FinishJson(finish));
     j["client"] = {{"time_to_first_token_ms", ttft_ms}, {"total_ms", total_ms}};
     PrintJson(j);
   } else {
+    std::fflush(stdout);
+    PrintLogprobs(logprobs);
     std::fprintf(stderr,
                  "%s: finish_reason=%s prompt_tokens=%lld generated_tokens=%lld "
                  "ttft_ms=%.1f total_ms=%.1f\n",
@@ -235,8 +294,7 @@ absl::Status RunTokenize() {
   } else {
     for (int i = 0; i < response.token_ids_size(); ++i) {
       const std::string piece = i < response.pieces_size() ? response.pieces(i) : "";
-      std::printf("%d\t%s\n", response.token_ids(i),
-                  Json(piece).dump(-1, ' ', false, Json::error_handler_t::replace).c_str());
+      std::printf("%d\t%s\n", response.token_ids(i), Quoted(piece).c_str());
     }
   }
   return absl::OkStatus();

@@ -10,6 +10,7 @@
 #include "common/status.h"
 #include "common/timer.h"
 #include "engine/incremental_detokenizer.h"
+#include "engine/logprobs.h"
 #include "engine/stop_strings.h"
 
 namespace cmoe::engine {
@@ -123,6 +124,13 @@ absl::Status Engine::Validate(const GenerationRequest& r) const {
   }
   if (absl::Status s = ValidateSamplingParams(r.sampling); !s.ok()) {
     return Annotate(s, "sampling");
+  }
+  if (r.top_logprobs < 0 || r.top_logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs: ", r.top_logprobs, " outside [0, ", kMaxTopLogprobs, "]"));
+  }
+  if (r.top_logprobs > 0 && !r.logprobs) {
+    return absl::InvalidArgumentError("top_logprobs: only applies with logprobs on");
   }
   if (r.num_activated_experts != 0) {
     if (!c.cmoe.has_value()) {
@@ -345,8 +353,8 @@ void Engine::Step() {
   }
 }
 
-// Samples the next token of `s` from its logits, delivers it, and finishes the request when a
-// stop condition holds.
+// Samples the next token of `s` from its logits (and computes its log-probabilities when asked),
+// delivers it, and finishes the request when a stop condition holds.
 void Engine::Advance(Sequence& s, std::span<const float> logits) {
   const GenerationRequest& r = s.request;
   const std::vector<int32_t>& eos = model_.model->config().eos_token_ids;
@@ -367,6 +375,10 @@ void Engine::Advance(Sequence& s, std::span<const float> logits) {
   s.generated.push_back(token);
   if (s.generated.size() == 1) s.first_token = std::chrono::steady_clock::now();
   TokenEvent event{.id = s.id, .tokens = {token}};
+  if (r.logprobs) {
+    // The sampler's last distribution: masked, penalised and scaled as above.
+    event.logprobs.push_back(ComputeTokenLogprob(s.sampler->ScaledLogits(), token, r.top_logprobs));
+  }
   const bool stop_token = is_stop(token);
   if (!stop_token) {
     absl::StatusOr<std::string> text = s.detok->Push(token);

@@ -73,10 +73,11 @@ class Engine {
 
   // Validates and queues a request; returns its id. InvalidArgument (naming the field) for an
   // empty prompt, unknown token ids, a prompt that leaves no room in the context, bad sampling
-  // parameters, max_new_tokens < 1, min_new_tokens > max_new_tokens, num_activated_experts out
-  // of range (or set for a dense model), or a prompt plus max_new_tokens that could never fit in
-  // the KV cache; ResourceExhausted when max_waiting requests already wait; Unavailable while
-  // draining or after Shutdown. On error the sink is never called.
+  // parameters, max_new_tokens < 1, min_new_tokens > max_new_tokens, top_logprobs outside
+  // [0, kMaxTopLogprobs] (or set without logprobs), num_activated_experts out of range (or set
+  // for a dense model), or a prompt plus max_new_tokens that could never fit in the KV cache;
+  // ResourceExhausted when max_waiting requests already wait; Unavailable while draining or
+  // after Shutdown. On error the sink is never called.
   absl::StatusOr<uint64_t> Submit(GenerationRequest request, std::shared_ptr<RequestSink> sink);
 
   // The request leaves the batch at the next step and its sink gets OnFinish(kCancelled).

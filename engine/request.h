@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/logprobs.h"
 #include "engine/sampler.h"
 
 namespace cmoe::engine {
@@ -41,6 +42,11 @@ struct GenerationRequest {
   bool ignore_eos = false;
   std::optional<SteadyTime> deadline;  // server-side time limit
   int32_t num_activated_experts = 0;   // carved models: 1..N_r; 0: the checkpoint's default
+  // Report each generated token's log-probability (TokenEvent::logprobs), from the distribution
+  // it was drawn from after min_new_tokens masking, penalties and temperature (0 counts as 1),
+  // before top-k / top-p / min-p truncation. Off: no cost.
+  bool logprobs = false;
+  int32_t top_logprobs = 0;  // with logprobs: alternatives per token, in [0, kMaxTopLogprobs]
 };
 
 // New output of one request after a step (called from the engine's step thread).
@@ -48,6 +54,8 @@ struct TokenEvent {
   uint64_t id = 0;
   std::vector<int32_t> tokens;  // new token ids (usually one)
   std::string text;             // new text: whole UTF-8 characters, stop strings held back
+  // With GenerationRequest::logprobs: one entry per token of `tokens`, in order; else empty.
+  std::vector<TokenLogprob> logprobs;
 };
 
 struct FinishEvent {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -71,18 +72,37 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
                         std::span<const int32_t> generated) {
   work_.assign(logits.begin(), logits.end());
   ApplyPenalties(prompt, generated);
+  scaled_valid_ = false;
   if (params_.temperature == 0.0f) {
     return static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
   }
-  // Scaled relative to the best logit, in double: a tiny temperature must sharpen the
-  // distribution towards greedy, not overflow to inf (and NaN probabilities).
-  const double best = *std::max_element(work_.begin(), work_.end());
+  Scale(params_.temperature);
   cands_.clear();
-  for (size_t i = 0; i < work_.size(); ++i) {
-    const double scaled = (work_[i] - best) / static_cast<double>(params_.temperature);
-    cands_.emplace_back(static_cast<float>(std::max(scaled, -1e30)), static_cast<int32_t>(i));
+  for (size_t i = 0; i < scaled_.size(); ++i) {
+    cands_.emplace_back(std::max(scaled_[i], static_cast<float>(-1e30)), static_cast<int32_t>(i));
   }
   return SampleFromCandidates();
+}
+
+std::span<const float> Sampler::ScaledLogits() {
+  if (!scaled_valid_) Scale(1.0);
+  return scaled_;
+}
+
+void Sampler::Scale(double temperature) {
+  // Scaled relative to the best logit, in double: a tiny temperature must sharpen the
+  // distribution towards greedy, not overflow to inf (and NaN probabilities). What leaves the
+  // float range becomes -inf (explicitly: such a cast is undefined), probability 0 either way.
+  scaled_.resize(work_.size());
+  scaled_valid_ = true;
+  if (work_.empty()) return;
+  const double best = *std::max_element(work_.begin(), work_.end());
+  constexpr double kLowest = std::numeric_limits<float>::lowest();
+  for (size_t i = 0; i < work_.size(); ++i) {
+    const double scaled = (work_[i] - best) / temperature;
+    scaled_[i] =
+        scaled < kLowest ? -std::numeric_limits<float>::infinity() : static_cast<float>(scaled);
+  }
 }
 
 int32_t Sampler::SampleFromCandidates() {

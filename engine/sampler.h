@@ -4,6 +4,7 @@
 //   CMOE_RETURN_IF_ERROR(ValidateSamplingParams(params, vocab));
 //   Sampler sampler(params);
 //   int32_t next = sampler.Sample(logits, prompt_ids, generated_ids);
+//   std::span<const float> drawn_from = sampler.ScaledLogits();  // for log-probabilities
 //
 // A Sampler belongs to one request; it is not shared between threads.
 #ifndef CMOE_ENGINE_SAMPLER_H_
@@ -42,13 +43,23 @@ class Sampler {
   int32_t Sample(std::span<const float> logits, std::span<const int32_t> prompt,
                  std::span<const int32_t> generated);
 
+  // The distribution the last Sample drew from, as logits, before top-k / top-p / min-p
+  // truncation: its `logits` with the penalties applied, divided by the temperature (0 counts as
+  // 1), shifted so that the largest is 0 (a shift leaves the softmax unchanged). (vocab), valid
+  // until the next Sample. Computed here on demand when the last Sample was greedy, so greedy
+  // decoding pays for it only when asked.
+  std::span<const float> ScaledLogits();
+
  private:
   void ApplyPenalties(std::span<const int32_t> prompt, std::span<const int32_t> generated);
+  void Scale(double temperature);
   int32_t SampleFromCandidates();
 
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::vector<float> work_;                       // (vocab) penalised logits
+  std::vector<float> scaled_;                     // (vocab) ScaledLogits()
+  bool scaled_valid_ = false;                     // scaled_ belongs to the last Sample
   std::vector<std::pair<float, int32_t>> cands_;  // (logit, id) candidates
   std::vector<int32_t> counts_;                   // (vocab) occurrences in generated tokens
 };

@@ -100,6 +100,37 @@ void LogRejected(const char* rpc, const grpc::Status& status) {
                  << status.error_message() << ")";
 }
 
+// The bytes token `id` stands for after `previous`, as Tokenize reports them: special tokens
+// (BOS, EOS) give their literal text, e.g. "</s>".
+std::string PieceBytes(const engine::Tokenizer& tokenizer, int32_t previous, int32_t id) {
+  if (tokenizer.IsSpecial(id)) return tokenizer.Piece(id);
+  absl::StatusOr<std::string> bytes = tokenizer.TokenBytes(previous, id);
+  return bytes.ok() ? *std::move(bytes) : std::string();
+}
+
+// The engine's log-probabilities of the tokens of one event, with pieces. `*previous` is the
+// token before the event's first one; it is left at the event's last token.
+std::vector<v1::TokenLogprob> ToProto(const engine::Tokenizer& tokenizer,
+                                      const std::vector<engine::TokenLogprob>& logprobs,
+                                      int32_t* previous) {
+  std::vector<v1::TokenLogprob> out(logprobs.size());
+  for (size_t i = 0; i < logprobs.size(); ++i) {
+    const engine::TokenLogprob& lp = logprobs[i];
+    v1::TokenLogprob& o = out[i];
+    o.set_token_id(lp.token);
+    o.set_piece(PieceBytes(tokenizer, *previous, lp.token));
+    o.set_logprob(lp.logprob);
+    for (const engine::TopLogprob& t : lp.top) {
+      v1::TopLogprob* top = o.add_top_logprobs();
+      top->set_token_id(t.token);
+      top->set_piece(PieceBytes(tokenizer, *previous, t.token));
+      top->set_logprob(t.logprob);
+    }
+    *previous = lp.token;
+  }
+  return out;
+}
+
 // What Generate and GenerateStream share: submission, cancellation and the engine-side state.
 // Derived classes guard their own state with mu_.
 class GenerationCallBase : public engine::RequestSink {
@@ -189,11 +220,19 @@ class GenerationCallBase : public engine::RequestSink {
       }
       prompt_tokens_ = static_cast<int64_t>(engine_request.prompt.size());
     }
+    previous_token_ = engine_request.prompt.back();  // PrepareRequest rejects empty prompts
     prepared_ = std::move(*prepared);
     absl::StatusOr<uint64_t> id = engine_->Submit(std::move(engine_request), std::move(sink));
     if (!id.ok()) return ToGrpcStatus(id.status());
     Submitted(*id);
     return grpc::Status::OK;
+  }
+
+  // From OnTokens (the engine's step thread): the event's log-probabilities with pieces, each
+  // token's piece in the context of the token before it. Empty unless the request asked.
+  std::vector<v1::TokenLogprob> EventLogprobs(const engine::TokenEvent& e) {
+    if (e.logprobs.empty()) return {};
+    return ToProto(engine_->tokenizer(), e.logprobs, &previous_token_);
   }
 
   // Cancels the engine request if it was submitted and has not finished.
@@ -232,6 +271,9 @@ class GenerationCallBase : public engine::RequestSink {
   bool rpc_finished_ = false;  // Finish called
   PreparedRequest prepared_;
   bool return_token_ids_ = false;
+  // The last token whose piece was made (the prompt's last at first): written before Submit,
+  // then only by OnTokens on the engine's step thread.
+  int32_t previous_token_ = -1;
   // For the metrics (under mu_).
   std::string_view finish_reason_;
   int64_t prompt_tokens_ = 0;
@@ -259,10 +301,12 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
   }
 
   void OnTokens(const engine::TokenEvent& e) override {
+    std::vector<v1::TokenLogprob> logprobs = EventLogprobs(e);
     std::lock_guard<std::mutex> lock(mu_);
     NoteTokensLocked(e);
     text_ += e.text;
     tokens_.insert(tokens_.end(), e.tokens.begin(), e.tokens.end());
+    std::move(logprobs.begin(), logprobs.end(), std::back_inserter(logprobs_));
   }
 
   void OnFinish(const engine::FinishEvent& e) override {
@@ -284,6 +328,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
           if (return_token_ids_) {
             for (int32_t id : tokens_) response_->add_token_ids(id);
           }
+          for (v1::TokenLogprob& lp : logprobs_) *response_->add_logprobs() = std::move(lp);
           FillFinishInfo(e, prepared_.seed, received_, response_->mutable_finish());
         }
       }
@@ -336,6 +381,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
   std::shared_ptr<GenerateReactor> self_;  // held until OnDone
   std::string text_;
   std::vector<int32_t> tokens_;
+  std::vector<v1::TokenLogprob> logprobs_;
 };
 
 // GenerateStream: the engine's events are queued in `pending_` (coalesced while a write is in
@@ -359,14 +405,16 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
   }
 
   void OnTokens(const engine::TokenEvent& e) override {
+    std::vector<v1::TokenLogprob> logprobs = EventLogprobs(e);
     {
       std::lock_guard<std::mutex> lock(mu_);
       NoteTokensLocked(e);
-      if (rpc_finished_ || (e.text.empty() && !return_token_ids_)) return;
+      if (rpc_finished_ || (e.text.empty() && !return_token_ids_ && logprobs.empty())) return;
       pending_.mutable_text()->append(e.text);
       if (return_token_ids_) {
         for (int32_t id : e.tokens) pending_.add_token_ids(id);
       }
+      for (v1::TokenLogprob& lp : logprobs) *pending_.add_logprobs() = std::move(lp);
       has_pending_ = true;
     }
     Pump();
@@ -485,14 +533,6 @@ absl::StatusOr<PreparedRequest> PrepareRequest(
   PreparedRequest out;
   engine::GenerationRequest& r = out.request;
 
-  // Output options the engine cannot serve yet.
-  if (request.output().logprobs()) {
-    return absl::InvalidArgumentError("output.logprobs: not supported yet");
-  }
-  if (request.output().top_logprobs() != 0) {
-    return absl::InvalidArgumentError("output.top_logprobs: not supported yet");
-  }
-
   switch (request.prompt_case()) {
     case v1::GenerateRequest::kText: {
       if (request.text().empty()) return absl::InvalidArgumentError("prompt.text: empty");
@@ -551,6 +591,9 @@ absl::StatusOr<PreparedRequest> PrepareRequest(
   r.stop_token_ids.assign(stop.stop_token_ids().begin(), stop.stop_token_ids().end());
   r.ignore_eos = stop.ignore_eos();
   r.num_activated_experts = request.num_activated_experts();
+  // The engine checks the range of top_logprobs and that it comes with logprobs.
+  r.logprobs = request.output().logprobs();
+  r.top_logprobs = request.output().top_logprobs();
 
   // Deadlines: time_limit_ms ends with OK and FINISH_REASON_TIME_LIMIT; the call's gRPC deadline
   // with DEADLINE_EXCEEDED. The engine gets the earlier one.
@@ -632,12 +675,7 @@ grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext
   int32_t previous = -1;
   for (int32_t id : *ids) {
     response->add_token_ids(id);
-    if (tokenizer.IsSpecial(id)) {
-      response->add_pieces(tokenizer.Piece(id));
-    } else {
-      absl::StatusOr<std::string> bytes = tokenizer.TokenBytes(previous, id);
-      response->add_pieces(bytes.ok() ? *bytes : std::string());
-    }
+    response->add_pieces(PieceBytes(tokenizer, previous, id));
     previous = id;
   }
   return call.Finish(grpc::Status::OK);
@@ -689,7 +727,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerCon
   s->set_frequency_penalty(d.frequency_penalty);
   response->set_default_max_new_tokens(static_cast<int32_t>(std::min<int64_t>(
       options_.default_max_new_tokens, std::max<int64_t>(c.max_position_embeddings - 1, 1))));
-  response->set_max_top_logprobs(0);  // logprobs are not supported yet
+  response->set_max_top_logprobs(engine::kMaxTopLogprobs);
   return call.Finish(grpc::Status::OK);
 }
 

@@ -54,7 +54,7 @@ struct PreparedRequest {
   std::string echo_text;             // OutputOptions.echo_prompt
 };
 
-// Validates what the engine does not (prompt oneof, add_bos with token ids, empty text, logprobs,
+// Validates what the engine does not (prompt oneof, add_bos with token ids, empty text,
 // max_new_tokens beyond the context) and converts. InvalidArgument naming the field.
 // `client_deadline` is the call's gRPC deadline (system_clock::time_point::max() when none).
 absl::StatusOr<PreparedRequest> PrepareRequest(

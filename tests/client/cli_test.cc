@@ -118,6 +118,47 @@ TEST_F(CliTest, GenerateJsonAndStreamAgree) {
   EXPECT_TRUE(stream["timings"].contains("time_to_first_token_ms"));
 }
 
+TEST_F(CliTest, LogprobsJsonAndText) {
+  for (const char* command : {"generate", "stream"}) {
+    SCOPED_TRACE(command);
+    const SubprocessResult g = Cli(With({command, "--json", "--logprobs", "3"}, kGreedy));
+    ASSERT_TRUE(Succeeded(g));
+    const Json j = StdoutJson(g);
+    ASSERT_TRUE(j["logprobs"].is_array()) << j.dump();
+    ASSERT_EQ(j["logprobs"].size(), 12u);
+    ASSERT_EQ(j["token_ids"].size(), 12u);
+    for (size_t i = 0; i < 12; ++i) {
+      SCOPED_TRACE(i);
+      const Json& lp = j["logprobs"][i];
+      EXPECT_EQ(lp["token_id"], j["token_ids"][i]);
+      EXPECT_FALSE(lp["piece"].get<std::string>().empty());
+      EXPECT_LE(lp["logprob"].get<double>(), 0.0);
+      ASSERT_EQ(lp["top_logprobs"].size(), 3u);
+      EXPECT_EQ(lp["top_logprobs"][0]["token_id"], lp["token_id"]);  // greedy: the most likely
+      EXPECT_EQ(lp["top_logprobs"][0]["logprob"], lp["logprob"]);
+      EXPECT_GE(lp["top_logprobs"][1]["logprob"].get<double>(),
+                lp["top_logprobs"][2]["logprob"].get<double>());
+    }
+    // Without the flag there is no logprobs key.
+    const SubprocessResult plain = Cli(With({command, "--json"}, kGreedy));
+    ASSERT_TRUE(Succeeded(plain));
+    EXPECT_FALSE(StdoutJson(plain).contains("logprobs"));
+    // Text mode: stdout is the text alone; one line per token on stderr.
+    const SubprocessResult text = Cli(With({command, "--logprobs", "0"}, kGreedy));
+    ASSERT_TRUE(Succeeded(text));
+    EXPECT_EQ(text.out, j["text"].get<std::string>() + "\n");
+    size_t lines = 0;
+    for (size_t at = text.err.find("cmoe-cli: logprob "); at != std::string::npos;
+         at = text.err.find("cmoe-cli: logprob ", at + 1)) {
+      ++lines;
+    }
+    EXPECT_EQ(lines, 12u) << text.err;
+  }
+  ExpectToolError(Cli(With({"generate", "--logprobs", "-2"}, kGreedy)), "cmoe-cli", {"--logprobs"});
+  ExpectToolError(Cli(With({"generate", "--logprobs", "21"}, kGreedy)), "cmoe-cli",
+                  {"INVALID_ARGUMENT", "top_logprobs"});
+}
+
 TEST_F(CliTest, TokenizeAndInfo) {
   const SubprocessResult t = Cli({"tokenize", "--text", "Once upon a time", "--json"});
   ASSERT_TRUE(Succeeded(t));
@@ -135,6 +176,7 @@ TEST_F(CliTest, TokenizeAndInfo) {
   EXPECT_EQ(ij["num_hidden_layers"], 2);
   EXPECT_EQ(ij["context_length"], 512);
   EXPECT_TRUE(ij["cmoe"].is_null());
+  EXPECT_EQ(ij["max_top_logprobs"], 20);
   EXPECT_EQ(tj["token_ids"][0], ij["bos_token_id"]);
 
   const SubprocessResult plain = Cli({"info"});

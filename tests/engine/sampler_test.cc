@@ -1,7 +1,9 @@
 #include "engine/sampler.h"
 
 #include <cmath>
+#include <limits>
 #include <map>
+#include <span>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -104,6 +106,41 @@ TEST(SamplerTest, PresenceAndFrequencyPenaltiesCountGeneratedTokensOnly) {
   EXPECT_EQ(SampleOnce({.frequency_penalty = 0.3f}, kLogits, {}, gen_twice), 1);
   const std::vector<int32_t> one_twice = {1, 1};
   EXPECT_EQ(SampleOnce({.frequency_penalty = 0.3f}, kLogits, {}, one_twice), 4);
+}
+
+// ScaledLogits: what Sample drew from, before truncation (log-probabilities are its softmax).
+TEST(SamplerTest, ScaledLogitsArePenalisedDividedByTemperatureAndShifted) {
+  const std::vector<int32_t> gen = {1, 1};
+  // Penalised: token 1 3.0 - 0.5 - 2 * 0.25 = 2.0; the best is now token 4 (2.9).
+  std::vector<float> penalised = kLogits;
+  penalised[1] = 2.0f;
+  for (float temperature : {0.0f, 1.0f, 2.0f, 0.5f}) {
+    Sampler sampler({.temperature = temperature,
+                     .top_k = 1,  // truncation does not show in ScaledLogits
+                     .presence_penalty = 0.5f,
+                     .frequency_penalty = 0.25f,
+                     .seed = 2});
+    EXPECT_EQ(sampler.Sample(kLogits, {}, gen), 4) << temperature;
+    const std::span<const float> scaled = sampler.ScaledLogits();
+    ASSERT_EQ(scaled.size(), kLogits.size());
+    const double t = temperature == 0.0f ? 1.0 : temperature;  // greedy reports temperature 1
+    for (size_t i = 0; i < kLogits.size(); ++i) {
+      EXPECT_NEAR(scaled[i], (penalised[i] - 2.9) / t, 1e-6) << temperature << " token " << i;
+    }
+  }
+}
+
+TEST(SamplerTest, ScaledLogitsKeepMaskedTokensAtMinusInfinity) {
+  std::vector<float> logits = kLogits;
+  logits[1] = -std::numeric_limits<float>::infinity();  // masked, e.g. EOS before min_new_tokens
+  for (float temperature : {0.0f, 1e-39f, 0.7f}) {
+    Sampler sampler({.temperature = temperature, .seed = 3});
+    EXPECT_EQ(sampler.Sample(logits, {}, {}), 4) << temperature;
+    const std::span<const float> scaled = sampler.ScaledLogits();
+    EXPECT_EQ(scaled[1], -std::numeric_limits<float>::infinity()) << temperature;
+    EXPECT_EQ(scaled[4], 0.0f) << temperature;
+    for (float v : scaled) EXPECT_FALSE(std::isnan(v)) << temperature;
+  }
 }
 
 TEST(SamplerTest, ValidationNamesTheField) {

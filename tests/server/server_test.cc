@@ -16,10 +16,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <map>
 #include <memory>
-#include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +29,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/metrics.h"
+#include "tests/server/server_fixtures.h"
 #include "tests/server/server_process.h"
 #include "tests/test_util.h"
 #include "tests/tools/tool_runner.h"
@@ -47,6 +45,10 @@ constexpr char kModel[] = "tinystories-656k";
 
 using cmoe::testing::HealthCheck;
 using cmoe::testing::kServing;
+using cmoe::testing::ParseSamples;
+using cmoe::testing::Sample;
+using cmoe::testing::Scrape;
+using cmoe::testing::Value;
 using cmoe::testing::WaitServing;
 
 // cmoe-serve (tests/server/server_process.h) with the shared tinystories-656k model by default.
@@ -72,8 +74,11 @@ struct StreamResult {
   grpc::Status status;
   std::string text;
   std::vector<int32_t> tokens;
+  std::vector<v1::TokenLogprob> logprobs;
   int messages = 0;
   int finishes = 0;
+  // Messages whose logprobs are not one per token id (with return_token_ids and logprobs).
+  int misaligned = 0;
   v1::FinishInfo finish;
 };
 
@@ -87,6 +92,10 @@ StreamResult RunStream(v1::Inference::Stub& stub, const v1::GenerateRequest& req
     ++out.messages;
     out.text += message.text();
     out.tokens.insert(out.tokens.end(), message.token_ids().begin(), message.token_ids().end());
+    out.logprobs.insert(out.logprobs.end(), message.logprobs().begin(), message.logprobs().end());
+    if (request.output().logprobs() && message.logprobs_size() != message.token_ids_size()) {
+      ++out.misaligned;
+    }
     if (message.has_finish()) {
       ++out.finishes;
       out.finish = message.finish();
@@ -200,6 +209,7 @@ TEST_F(ServerTest, TokenizeAndModelInfo) {
   EXPECT_FALSE(info.has_cmoe());
   EXPECT_TRUE(info.default_sampling().has_temperature());
   EXPECT_GT(info.default_max_new_tokens(), 0);
+  EXPECT_EQ(info.max_top_logprobs(), 20);
 
   grpc::ClientContext context;
   v1::TokenizeRequest request;
@@ -250,13 +260,20 @@ TEST_F(ServerTest, InvalidRequestsNameTheField) {
   }
   {
     v1::GenerateRequest r = GreedyRequest(4);
-    r.mutable_output()->set_logprobs(true);
-    cases.push_back({"logprobs", r, "logprobs"});
+    r.mutable_output()->set_top_logprobs(3);
+    cases.push_back({"top_logprobs without logprobs", r, "top_logprobs"});
   }
   {
     v1::GenerateRequest r = GreedyRequest(4);
-    r.mutable_output()->set_top_logprobs(3);
-    cases.push_back({"top_logprobs", r, "top_logprobs"});
+    r.mutable_output()->set_logprobs(true);
+    r.mutable_output()->set_top_logprobs(21);
+    cases.push_back({"top_logprobs beyond max_top_logprobs", r, "top_logprobs"});
+  }
+  {
+    v1::GenerateRequest r = GreedyRequest(4);
+    r.mutable_output()->set_logprobs(true);
+    r.mutable_output()->set_top_logprobs(-1);
+    cases.push_back({"top_logprobs negative", r, "top_logprobs"});
   }
   {
     v1::GenerateRequest r;
@@ -273,6 +290,74 @@ TEST_F(ServerTest, InvalidRequestsNameTheField) {
     EXPECT_THAT(stream.status.error_message(), HasSubstr(c.field)) << c.name;
     EXPECT_EQ(stream.messages, 0) << c.name;
   }
+}
+
+// Checks one token's log-probabilities: pieces, ranges, order, and (greedy) the token first.
+void ExpectGreedyLogprob(const v1::TokenLogprob& lp, int32_t token, int top) {
+  EXPECT_EQ(lp.token_id(), token);
+  EXPECT_FALSE(lp.piece().empty());
+  EXPECT_LE(lp.logprob(), 0.0f);
+  ASSERT_EQ(lp.top_logprobs_size(), top);
+  EXPECT_EQ(lp.top_logprobs(0).token_id(), token);
+  EXPECT_EQ(lp.top_logprobs(0).logprob(), lp.logprob());
+  for (int k = 0; k < top; ++k) {
+    EXPECT_FALSE(lp.top_logprobs(k).piece().empty()) << "rank " << k;
+    EXPECT_LE(lp.top_logprobs(k).logprob(), 0.0f) << "rank " << k;
+    if (k > 0) {
+      EXPECT_LE(lp.top_logprobs(k).logprob(), lp.top_logprobs(k - 1).logprob()) << "rank " << k;
+      EXPECT_NE(lp.top_logprobs(k).token_id(), lp.top_logprobs(k - 1).token_id()) << "rank " << k;
+    }
+  }
+}
+
+TEST_F(ServerTest, LogprobsInGenerateAndStream) {
+  v1::GenerateRequest request = GreedyRequest(16);
+  request.mutable_output()->set_logprobs(true);
+  request.mutable_output()->set_top_logprobs(5);
+  grpc::ClientContext context;
+  v1::GenerateResponse response;
+  const grpc::Status status = stub_->Generate(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.token_ids_size(), 16);
+  ASSERT_EQ(response.logprobs_size(), 16);
+  std::string pieces;
+  for (int i = 0; i < 16; ++i) {
+    SCOPED_TRACE(i);
+    ExpectGreedyLogprob(response.logprobs(i), response.token_ids(i), 5);
+    pieces += response.logprobs(i).piece();
+  }
+  // A piece is the token's bytes in context: they add up to the text (no EOS in 16 tokens).
+  EXPECT_EQ(pieces, response.text());
+
+  const StreamResult stream = RunStream(*stub_, request);
+  ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+  EXPECT_EQ(stream.misaligned, 0);
+  ASSERT_EQ(stream.tokens.size(), 16u);
+  ASSERT_EQ(stream.logprobs.size(), 16u);
+  for (size_t i = 0; i < 16; ++i) {
+    SCOPED_TRACE(i);
+    ExpectGreedyLogprob(stream.logprobs[i], stream.tokens[i], 5);
+    EXPECT_EQ(stream.logprobs[i].piece(), response.logprobs(static_cast<int>(i)).piece());
+    EXPECT_NEAR(stream.logprobs[i].logprob(), response.logprobs(static_cast<int>(i)).logprob(),
+                1e-5);
+  }
+
+  // Without return_token_ids the stream still sends every token's logprob; without logprobs none.
+  v1::GenerateRequest bare = request;
+  bare.mutable_output()->set_return_token_ids(false);
+  bare.mutable_output()->set_top_logprobs(0);
+  const StreamResult bare_stream = RunStream(*stub_, bare);
+  ASSERT_TRUE(bare_stream.status.ok()) << bare_stream.status.error_message();
+  ASSERT_EQ(bare_stream.logprobs.size(), 16u);
+  for (size_t i = 0; i < 16; ++i) {
+    EXPECT_EQ(bare_stream.logprobs[i].token_id(), stream.tokens[i]);
+    EXPECT_EQ(bare_stream.logprobs[i].top_logprobs_size(), 0);
+  }
+  grpc::ClientContext plain_context;
+  v1::GenerateResponse plain;
+  ASSERT_TRUE(stub_->Generate(&plain_context, GreedyRequest(16), &plain).ok());
+  EXPECT_EQ(plain.logprobs_size(), 0);
+  EXPECT_EQ(plain.text(), response.text());
 }
 
 TEST_F(ServerTest, ClientDeadlineIsDeadlineExceeded) {
@@ -343,84 +428,6 @@ TEST(ServerShutdownTest, SigtermDrainsInFlightStream) {
 
 // --- metrics ---
 
-// GET http://127.0.0.1:<port>/metrics over a plain socket; the body, or "" on failure.
-std::string Scrape(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval timeout{.tv_sec = 10, .tv_usec = 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  std::string response;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request =
-        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-        static_cast<ssize_t>(request.size())) {
-      char buf[4096];
-      ssize_t n;
-      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0)
-        response.append(buf, static_cast<size_t>(n));
-    }
-  }
-  ::close(fd);
-  if (response.rfind("HTTP/1.", 0) != 0 || response.find(" 200 ") == std::string::npos) return "";
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
-
-// One sample of the text exposition format.
-struct Sample {
-  std::string name;
-  std::map<std::string, std::string> labels;
-  double value = 0;
-};
-
-std::vector<Sample> ParseSamples(const std::string& text) {
-  std::vector<Sample> samples;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    Sample s;
-    size_t i = line.find_first_of("{ ");
-    if (i == std::string::npos) continue;
-    s.name = line.substr(0, i);
-    if (line[i] == '{') {
-      ++i;
-      while (i < line.size() && line[i] != '}') {
-        const size_t eq = line.find("=\"", i);
-        const size_t close = line.find('"', eq + 2);
-        if (eq == std::string::npos || close == std::string::npos) break;
-        s.labels[line.substr(i, eq - i)] = line.substr(eq + 2, close - eq - 2);
-        i = close + 1;
-        if (i < line.size() && line[i] == ',') ++i;
-      }
-      ++i;
-    }
-    s.value = std::strtod(line.c_str() + i, nullptr);
-    samples.push_back(std::move(s));
-  }
-  return samples;
-}
-
-// The value of the series `name` with (at least) `labels`; nullopt when there is none.
-std::optional<double> Value(const std::vector<Sample>& samples, const std::string& name,
-                            const std::map<std::string, std::string>& labels = {}) {
-  for (const Sample& s : samples) {
-    if (s.name != name) continue;
-    bool match = true;
-    for (const auto& [k, v] : labels) {
-      const auto it = s.labels.find(k);
-      match = match && it != s.labels.end() && it->second == v;
-    }
-    if (match) return s.value;
-  }
-  return std::nullopt;
-}
-
 // A server of its own on a carve of the shared model (S2A2E8): Generate and GenerateStream traffic
 // shows up on /metrics.
 // A SentencePiece model (tokenizer.model, converted from llama2.c) is served like any other: the
@@ -450,18 +457,12 @@ TEST(ServerSentencePieceTest, ConvertedStories260kServesAStory) {
 }
 
 TEST(ServerMetricsTest, CarvedModelTrafficIsCounted) {
-  if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel)) ||
-      !std::filesystem::exists(cmoe::testing::SharedData("tinystories_val.txt"))) {
+  if (!cmoe::testing::HaveCarveInputs()) {
     GTEST_SKIP() << "no shared model " << kModel << " or tinystories_val.txt";
   }
   cmoe::testing::ScratchDir scratch;
   const std::string carved = scratch.Join("carved");
-  const cmoe::testing::SubprocessResult carve = cmoe::testing::RunTool(
-      "cmoe-carve",
-      {"--model", cmoe::testing::SharedModel(kModel), "--calib",
-       cmoe::testing::SharedData("tinystories_val.txt"), "--calib-range", "0:200000",
-       "--calib-seqs", "2", "--calib-len", "64", "--config", "S2A2E8", "--out", carved});
-  ASSERT_TRUE(cmoe::testing::Succeeded(carve));
+  ASSERT_TRUE(cmoe::testing::Succeeded(cmoe::testing::CarveTinyStories("S2A2E8", carved)));
 
   ServerProcess server;
   ASSERT_EQ(server.Start({}, carved), "");
