@@ -7,7 +7,8 @@
 // `grain` except the last), runs them on the workers and the calling thread, and returns when all
 // are done. Only one thread may call ParallelFor at a time (kernels are called from the engine's
 // single step thread); calls from inside a running body execute serially. Workers spin briefly
-// before sleeping so that the many short loops of a decode step do not pay a wake-up each.
+// before sleeping so that the many short loops of a decode step do not pay a wake-up each, unless
+// the caller said (Park) that a longer gap follows.
 #ifndef CMOE_COMMON_THREAD_POOL_H_
 #define CMOE_COMMON_THREAD_POOL_H_
 
@@ -33,6 +34,11 @@ class ThreadPool {
 
   void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
 
+  // A hint from the thread that calls ParallelFor that no parallel work follows for a while
+  // (e.g. a serving engine between steps): idle workers stop spinning and sleep at once, leaving
+  // their cores to other threads; the next ParallelFor wakes them. Same thread as ParallelFor.
+  void Park() { parked_.store(true, std::memory_order_relaxed); }
+
   // Number of hardware threads available to this process (at least 1).
   static int HardwareThreads();
 
@@ -47,6 +53,7 @@ class ThreadPool {
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
   std::atomic<bool> in_parallel_{false};
+  std::atomic<bool> parked_{false};  // Park() was called since the last ParallelFor
   // The job being run; written by the caller before generation_ is bumped.
   const std::function<void(int64_t, int64_t)>* body_ = nullptr;
   int64_t n_ = 0;

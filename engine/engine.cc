@@ -326,6 +326,9 @@ void Engine::Step() {
   ForwardOutput out;
   const absl::Status status = model_.model->Forward(chunks, *model_.cache, out);
   const double forward_seconds = forward_timer.Seconds();
+  // Sampling and delivering the tokens below is serial (and the server's threads want the cores
+  // now): the backend's workers may sleep until the next step.
+  model_.model->backend().Idle();
   if (!status.ok()) {
     CMOE_LOG(ERROR) << "step of " << chunks.size() << " sequences failed: " << status;
     for (Sequence* s : owners) Finish(*s, FinishReason::kError, status);

@@ -66,6 +66,11 @@ class Backend {
 
   virtual std::string_view Name() const = 0;
 
+  // A hint that no kernel call follows for a while (a serving engine between steps): a backend
+  // with spinning worker threads lets them sleep so their cores go to other threads. The next
+  // kernel call works as usual. Same thread as the kernel calls.
+  virtual void Idle() {}
+
   // out[t, :] = table[ids[t], :] widened to float. table: (vocab, dim); out: (T, dim).
   // An id outside [0, vocab) is InvalidArgument.
   virtual absl::Status Embedding(const WeightView& table, std::span<const int32_t> ids,

@@ -198,11 +198,10 @@ void ServerMetrics::Build() {
   tokens_per_step_ = &Register(prometheus::BuildHistogram(), "cmoe_tokens_per_step", r)
                           .Add({}, Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256,
                                                                512, 1024, 2048, 4096, 8192});
-  step_duration_ =
-      &Register(prometheus::BuildHistogram(), "cmoe_step_duration_seconds", r)
-           .Add({}, Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015,
-                                                0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5,
-                                                5});
+  step_duration_ = &Register(prometheus::BuildHistogram(), "cmoe_step_duration_seconds", r)
+                        .Add({}, Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.0075,
+                                                             0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+                                                             0.1, 0.25, 0.5, 1, 2.5, 5});
   forward_seconds_ =
       &Register(prometheus::BuildCounter(), "cmoe_model_forward_seconds_total", r).Add({});
 

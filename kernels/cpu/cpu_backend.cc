@@ -64,6 +64,7 @@ class CpuBackend final : public Backend {
       : pool_(threads), k_(kernels), name_(absl::StrCat("cpu-", kernels.name)) {}
 
   std::string_view Name() const override { return name_; }
+  void Idle() override { pool_.Park(); }
 
   absl::Status Embedding(const WeightView& table, std::span<const int32_t> ids,
                          float* out) override {

@@ -1,6 +1,8 @@
 #include "common/thread_pool.h"
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -50,6 +52,22 @@ TEST(ThreadPoolTest, NestedCallsRunSerially) {
     }
   });
   EXPECT_EQ(inner.load(), 40);
+}
+
+TEST(ThreadPoolTest, ParkedWorkersWakeForTheNextLoop) {
+  // Park between loops (as the engine does between steps), sometimes long enough for the workers
+  // to be asleep, sometimes not: every loop still covers every index, and none hangs.
+  ThreadPool pool(4);
+  int64_t total = 0;
+  for (int round = 0; round < 3000; ++round) {
+    std::atomic<int64_t> sum{0};
+    pool.ParallelFor(64, 1, [&](int64_t begin, int64_t end) { sum += end - begin; });
+    total += sum.load();
+    pool.Park();
+    if (round % 2 == 0) pool.Park();
+    if (round % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(total, 3000 * 64);
 }
 
 TEST(ThreadPoolTest, SingleThreadPoolRunsInline) {
