@@ -15,6 +15,12 @@ constexpr int kSpinIterations = 20000;
 // futex wake-up (tens of microseconds on a VM) on the next loop.
 constexpr auto kWorkerSpin = std::chrono::milliseconds(2);
 
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // Tells the core this is a spin-wait (frees pipeline resources for a sibling hyperthread).
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -46,6 +52,11 @@ int ThreadPool::HardwareThreads() {
   return std::max(static_cast<int>(std::thread::hardware_concurrency()), 1);
 }
 
+void ThreadPool::Park() {
+  park_deadline_ns_.store(NowNs() + std::chrono::nanoseconds(kParkedSpin).count(),
+                          std::memory_order_relaxed);
+}
+
 void ThreadPool::RunChunk(int chunk_index) {
   const int64_t begin = chunk_index * chunk_size_;
   const int64_t end = std::min(n_, begin + chunk_size_);
@@ -67,7 +78,7 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   n_ = n;
   chunk_size_ = per_chunk * grain;
   pending_.store(static_cast<int>(workers_.size()));
-  parked_.store(false, std::memory_order_relaxed);
+  park_deadline_ns_.store(0, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     generation_.fetch_add(1, std::memory_order_release);
@@ -90,7 +101,10 @@ void ThreadPool::WorkerLoop(int worker_index) {
     for (int spin = 1; current == seen; ++spin) {
       CpuRelax();
       current = generation_.load(std::memory_order_acquire);
-      if (spin % 64 == 0 && parked_.load(std::memory_order_relaxed)) break;
+      if (spin % 64 == 0) {
+        const int64_t park = park_deadline_ns_.load(std::memory_order_relaxed);
+        if (park != 0 && NowNs() > park) break;
+      }
       if (spin % 1024 == 0 && std::chrono::steady_clock::now() > spin_until) break;
     }
     if (current == seen) {

@@ -13,6 +13,7 @@
 #define CMOE_COMMON_THREAD_POOL_H_
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -34,10 +35,13 @@ class ThreadPool {
 
   void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
 
-  // A hint from the thread that calls ParallelFor that no parallel work follows for a while
-  // (e.g. a serving engine between steps): idle workers stop spinning and sleep at once, leaving
-  // their cores to other threads; the next ParallelFor wakes them. Same thread as ParallelFor.
-  void Park() { parked_.store(true, std::memory_order_relaxed); }
+  // A hint from the thread that calls ParallelFor that the next loop may be a while off (e.g. a
+  // serving engine between steps): idle workers spin at most kParkedSpin more, then sleep and
+  // leave their cores to other threads; the next ParallelFor wakes them. A short gap (a decode
+  // step's sampling) costs no wake-up, a long one (delivering a big batch) burns no core. Same
+  // thread as ParallelFor.
+  void Park();
+  static constexpr std::chrono::microseconds kParkedSpin{100};
 
   // Number of hardware threads available to this process (at least 1).
   static int HardwareThreads();
@@ -53,7 +57,8 @@ class ThreadPool {
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
   std::atomic<bool> in_parallel_{false};
-  std::atomic<bool> parked_{false};  // Park() was called since the last ParallelFor
+  // steady_clock nanoseconds after which idle workers sleep (Park); 0: not parked.
+  std::atomic<int64_t> park_deadline_ns_{0};
   // The job being run; written by the caller before generation_ is bumped.
   const std::function<void(int64_t, int64_t)>* body_ = nullptr;
   int64_t n_ = 0;

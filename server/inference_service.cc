@@ -390,8 +390,9 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
                             public GenerationCallBase,
                             public std::enable_shared_from_this<StreamReactor> {
  public:
-  StreamReactor(engine::Engine* engine, ServerMetrics* metrics)
-      : GenerationCallBase(engine, metrics, "GenerateStream") {}
+  // `writer` runs the pumps the engine's step thread asks for (not owned; outlives the call).
+  StreamReactor(engine::Engine* engine, ServerMetrics* metrics, SerialExecutor* writer)
+      : GenerationCallBase(engine, metrics, "GenerateStream"), writer_(writer) {}
 
   void Start(grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
              int32_t default_max_new_tokens) {
@@ -417,7 +418,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
       for (v1::TokenLogprob& lp : logprobs) *pending_.add_logprobs() = std::move(lp);
       has_pending_ = true;
     }
-    Pump();
+    SchedulePump();
   }
 
   void OnFinish(const engine::FinishEvent& e) override {
@@ -440,7 +441,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
       }
     }
     LogFinished("GenerateStream", e, received_, status);
-    Pump();
+    SchedulePump();
   }
 
   void OnWriteDone(bool ok) override {
@@ -469,6 +470,23 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
   }
 
  private:
+  // From the engine's step thread: has the writer thread Pump (once for any number of events
+  // that arrive before it gets to it), so the step thread never starts a gRPC write itself.
+  void SchedulePump() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (pump_scheduled_ || writing_ || rpc_finished_) return;  // OnWriteDone pumps next
+      pump_scheduled_ = true;
+    }
+    writer_->Post([self = shared_from_this()] {
+      {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        self->pump_scheduled_ = false;
+      }
+      self->Pump();
+    });
+  }
+
   // Starts the next write, or finishes the RPC when everything was written (or the call broke).
   // Decides under the lock; only one thread can win a write or the Finish.
   void Pump() {
@@ -519,7 +537,9 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
   v1::GenerateStreamResponse pending_;   // the next message
   bool has_pending_ = false;
   bool writing_ = false;
+  bool pump_scheduled_ = false;  // a Pump is queued on writer_
   grpc::Status end_status_;
+  SerialExecutor* const writer_;
 };
 
 }  // namespace
@@ -626,7 +646,7 @@ grpc::ServerUnaryReactor* InferenceService::Generate(grpc::CallbackServerContext
 
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* InferenceService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  auto reactor = std::make_shared<StreamReactor>(engine(), metrics_);
+  auto reactor = std::make_shared<StreamReactor>(engine(), metrics_, &writer_);
   reactor->Start(context, *request, options_.default_max_new_tokens);
   return reactor.get();
 }

@@ -32,6 +32,7 @@
 #include "cmoe/v1/inference.grpc.pb.h"
 #include "cmoe/v1/inference.pb.h"
 #include "engine/engine.h"
+#include "server/serial_executor.h"
 
 namespace cmoe::server {
 
@@ -87,6 +88,8 @@ class InferenceService final : public v1::Inference::CallbackService {
 
   const ServiceOptions options_;
   ServerMetrics* const metrics_;
+  // Starts the gRPC writes of GenerateStream calls off the engine's step thread.
+  SerialExecutor writer_{"cmoe-writer"};
   std::atomic<engine::Engine*> engine_{nullptr};
 };
 
