@@ -152,10 +152,27 @@ class GenerationCallBase : public engine::RequestSink {
   DoneInfo DoneInfoLocked() const {
     if (engine_finished_) return {finish_reason_, prompt_tokens_, generated_tokens_};
     if (submitted_) {
-      return {engine::FinishReasonName(engine::FinishReason::kCancelled), prompt_tokens_,
-              generated_tokens_};
+      return {engine::FinishReasonName(DeadlinePassed() ? engine::FinishReason::kTimeLimit
+                                                        : engine::FinishReason::kCancelled),
+              prompt_tokens_, generated_tokens_};
     }
     return {};
+  }
+
+  // Whether the call's gRPC deadline has (about) passed. gRPC reports an expired deadline as a
+  // cancellation (OnCancel, a failed write), and the client's own cancel at its deadline often
+  // arrives before the server's timer fires, so a cancellation within a margin of the deadline
+  // (a quarter of the call's budget, at most 1 s) counts as expiry.
+  bool DeadlinePassed() const {
+    if (deadline_ == std::chrono::system_clock::time_point::max()) return false;
+    return std::chrono::system_clock::now() >= deadline_ - deadline_margin_;
+  }
+
+  // The status of a call that ended early: DEADLINE_EXCEEDED when its deadline passed, else
+  // CANCELLED.
+  grpc::Status CancelledStatus() const {
+    return DeadlinePassed() ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded")
+                            : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
   }
 
   // Under mu_, from OnTokens: token timings for the metrics.
@@ -203,6 +220,12 @@ class GenerationCallBase : public engine::RequestSink {
                                 const v1::GenerateRequest& request, int32_t default_max_new_tokens,
                                 v1::PromptEcho* echo, bool* echo_written,
                                 std::shared_ptr<engine::RequestSink> sink) {
+    deadline_ = context->deadline();
+    if (deadline_ != std::chrono::system_clock::time_point::max()) {
+      const auto budget = deadline_ - std::chrono::system_clock::now();
+      deadline_margin_ =
+          std::min<std::chrono::system_clock::duration>(budget / 4, std::chrono::seconds(1));
+    }
     if (engine_ == nullptr) return grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading);
     absl::StatusOr<PreparedRequest> prepared =
         PrepareRequest(request, *engine_, default_max_new_tokens, received_, context->deadline());
@@ -262,6 +285,10 @@ class GenerationCallBase : public engine::RequestSink {
   ServerMetrics* const metrics_;
   const char* const rpc_;
   const Clock::time_point received_ = Clock::now();
+  // The call's gRPC deadline (max(): none) and how early a cancellation counts as its expiry;
+  // written before Submit, read-only after.
+  std::chrono::system_clock::time_point deadline_ = std::chrono::system_clock::time_point::max();
+  std::chrono::system_clock::duration deadline_margin_{0};
   std::mutex mu_;
   uint64_t id_ = 0;
   bool submitted_ = false;
@@ -319,7 +346,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
       NoteFinishLocked(e);
       info = DoneInfoLocked();
       if (rpc_finished_) {
-        status = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+        status = CancelledStatus();
       } else {
         rpc_finished_ = finish = true;
         if (status.ok()) {
@@ -352,7 +379,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
     }
     CancelEngineRequest();
     if (finish) {
-      const grpc::Status status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      const grpc::Status status = CancelledStatus();
       RecordDone(status, info);
       Finish(status);
     }
@@ -428,7 +455,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
       engine_finished_ = true;
       NoteFinishLocked(e);
       if (cancelled_ || write_failed_) {
-        status = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+        status = CancelledStatus();
       }
       end_status_ = status;
       if (status.ok()) {
@@ -498,7 +525,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
       if (rpc_finished_ || writing_) return;
       if (cancelled_ || write_failed_) {
         action = kFinish;
-        status = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+        status = CancelledStatus();
       } else if (has_pending_) {
         current_ = std::move(pending_);
         pending_.Clear();
