@@ -158,6 +158,36 @@ class GhzLiveTest : public ::testing::Test {
 cmoe::testing::ServerProcess* GhzLiveTest::server_ = nullptr;
 std::string GhzLiveTest::start_error_;
 
+// ghz resolves the call through reflection: the live server must list the service and serve the
+// descriptor of every profile's method.
+TEST_F(GhzLiveTest, ReflectionDescribesEachProfilesMethod) {
+  // ServerReflectionRequest: list_services = 7, file_containing_symbol = 4 (strings < 128 bytes).
+  const auto field = [](int number, const std::string& value) {
+    return std::string(1, static_cast<char>(number << 3 | 2)) +
+           std::string(1, static_cast<char>(value.size())) + value;
+  };
+  std::vector<std::string> requests = {field(7, "")};
+  std::vector<std::string> methods;
+  for (const fs::path& file : Profiles()) {
+    std::string call = ReadJson(file).value("call", "");
+    std::replace(call.begin(), call.end(), '/', '.');
+    requests.push_back(field(4, call));
+    methods.push_back(call.substr(call.rfind('.') + 1));
+  }
+  std::vector<std::string> replies;
+  const grpc::Status status =
+      cmoe::testing::ReflectionQuery(server_->channel().get(), requests, &replies);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_NE(replies[0].find("cmoe.v1.Inference"), std::string::npos);
+  for (size_t i = 0; i < methods.size(); ++i) {
+    // The reply carries the serialized FileDescriptorProto of cmoe/v1/inference.proto, with the
+    // method and its request type (an error reply would carry neither).
+    EXPECT_NE(replies[i + 1].find("cmoe/v1/inference.proto"), std::string::npos) << methods[i];
+    EXPECT_NE(replies[i + 1].find(methods[i]), std::string::npos) << methods[i];
+    EXPECT_NE(replies[i + 1].find("GenerateRequest"), std::string::npos) << methods[i];
+  }
+}
+
 TEST_F(GhzLiveTest, EachProfileRequestSucceeds) {
   auto stub = server_->Stub();
   for (const fs::path& file : Profiles()) {

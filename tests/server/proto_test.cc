@@ -18,6 +18,7 @@
 #include "cmoe/v1/inference.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/server/server_process.h"
 
 namespace cmoe::v1 {
 namespace {
@@ -313,36 +314,15 @@ TEST(ProtoTest, HealthAndReflectionOnAnInProcessServer) {
 
   // grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo (bidi streaming):
   // list_services (field 7), then file_containing_symbol (field 4).
-  {
-    grpc::ClientContext context;
-    std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
-        grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
-            channel.get(),
-            grpc::internal::RpcMethod(
-                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                grpc::internal::RpcMethod::BIDI_STREAMING),
-            &context));
-    auto ask = [&](const std::string& request_bytes) {
-      grpc::Slice slice(request_bytes);
-      grpc::ByteBuffer request_buffer(&slice, 1);
-      EXPECT_TRUE(stream->Write(request_buffer));
-      grpc::ByteBuffer reply;
-      EXPECT_TRUE(stream->Read(&reply));
-      std::vector<grpc::Slice> slices;
-      EXPECT_TRUE(reply.Dump(&slices).ok());
-      std::string out;
-      for (const grpc::Slice& s : slices) out.append(s.begin(), s.end());
-      return out;
-    };
-    const std::string services = ask(LengthDelimited(7, ""));
-    EXPECT_THAT(services, HasSubstr("cmoe.v1.Inference"));
-    EXPECT_THAT(services, HasSubstr("grpc.health.v1.Health"));
-    const std::string file = ask(LengthDelimited(4, "cmoe.v1.Inference"));
-    EXPECT_THAT(file, HasSubstr("cmoe/v1/inference.proto"));
-    EXPECT_THAT(file, HasSubstr("GenerateStreamResponse"));
-    stream->WritesDone();
-    EXPECT_TRUE(stream->Finish().ok());
-  }
+  std::vector<std::string> replies;
+  ASSERT_TRUE(cmoe::testing::ReflectionQuery(
+                  channel.get(), {LengthDelimited(7, ""), LengthDelimited(4, "cmoe.v1.Inference")},
+                  &replies)
+                  .ok());
+  EXPECT_THAT(replies[0], HasSubstr("cmoe.v1.Inference"));
+  EXPECT_THAT(replies[0], HasSubstr("grpc.health.v1.Health"));
+  EXPECT_THAT(replies[1], HasSubstr("cmoe/v1/inference.proto"));
+  EXPECT_THAT(replies[1], HasSubstr("GenerateStreamResponse"));
   server->Shutdown();
 }
 

@@ -131,6 +131,36 @@ grpc::Status HealthCheck(grpc::Channel* channel, std::string* response) {
   return status;
 }
 
+grpc::Status ReflectionQuery(grpc::Channel* channel, const std::vector<std::string>& requests,
+                             std::vector<std::string>* responses) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
+          channel,
+          grpc::internal::RpcMethod(
+              "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+              grpc::internal::RpcMethod::BIDI_STREAMING),
+          &context));
+  responses->clear();
+  for (const std::string& request : requests) {
+    grpc::Slice slice(request);
+    grpc::ByteBuffer request_buffer(&slice, 1);
+    grpc::ByteBuffer reply;
+    if (!stream->Write(request_buffer) || !stream->Read(&reply)) break;
+    std::vector<grpc::Slice> slices;
+    if (!reply.Dump(&slices).ok()) break;
+    std::string& out = responses->emplace_back();
+    for (const grpc::Slice& s : slices) out.append(s.begin(), s.end());
+  }
+  stream->WritesDone();
+  grpc::Status status = stream->Finish();
+  if (status.ok() && responses->size() != requests.size()) {
+    status = grpc::Status(grpc::StatusCode::INTERNAL, "the reflection stream ended early");
+  }
+  return status;
+}
+
 bool WaitServing(grpc::Channel* channel) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (std::chrono::steady_clock::now() < deadline) {

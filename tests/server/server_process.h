@@ -55,6 +55,13 @@ grpc::Status HealthCheck(grpc::Channel* channel, std::string* response);
 // The serialized HealthCheckResponse{status: SERVING}.
 inline const std::string kServing = std::string("\x08\x01", 2);
 
+// grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo: sends each serialized
+// ServerReflectionRequest in `requests` on one stream and collects the serialized responses
+// (Debian ships no reflection.proto for clients). E.g. list_services is field 7, and
+// file_containing_symbol field 4, of the request.
+grpc::Status ReflectionQuery(grpc::Channel* channel, const std::vector<std::string>& requests,
+                             std::vector<std::string>* responses);
+
 // Polls health until SERVING (the model loads after the server starts listening).
 bool WaitServing(grpc::Channel* channel);
 
