@@ -3,7 +3,8 @@
 //
 //   cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N]
 //              [--max-batch-tokens 512] [--max-running 64] [--max-waiting 256]
-//              [--kv-cache-tokens N] [--drain-timeout 30] [--metrics-port 9464]
+//              [--kv-cache-tokens N | --kv-cache-bytes 2GiB] [--drain-timeout 30]
+//              [--metrics-port 9464]
 //
 // The server starts (health NOT_SERVING, Inference RPCs UNAVAILABLE) before the model loads and
 // prints "listening on HOST:PORT" on stdout; health turns SERVING once the model is loaded.
@@ -54,6 +55,9 @@ ABSL_FLAG(int64_t, max_waiting, 256, "Queued requests; beyond: RESOURCE_EXHAUSTE
 ABSL_FLAG(int64_t, kv_cache_tokens, 0,
           "Positions the KV cache holds over all sequences (0: max_running * context, capped "
           "at 4 GiB of cache and at least one context)");
+ABSL_FLAG(std::string, kv_cache_bytes, "",
+          "KV cache size in bytes instead of --kv-cache-tokens: a number with an optional "
+          "K/KiB, M/MiB, G/GiB suffix (binary multiples), e.g. 2GiB");
 ABSL_FLAG(double, drain_timeout, 30, "Seconds to let in-flight requests finish on SIGTERM");
 ABSL_FLAG(int32_t, metrics_port, 9464,
           "Port of the Prometheus /metrics endpoint, on --host (0: pick a free port; -1: off)");
@@ -62,6 +66,30 @@ namespace cmoe::server {
 namespace {
 
 constexpr char kServiceName[] = "cmoe.v1.Inference";
+
+// "1073741824", "512K", "64KiB", "3M", "2GiB" (binary multiples) -> bytes. InvalidArgument naming
+// the flag for anything else, zero, or more than 2^50 bytes.
+absl::StatusOr<int64_t> ParseByteSize(const std::string& flag, const std::string& text) {
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  const std::string_view suffix = std::string_view(text).substr(digits);
+  int shift = -1;
+  if (suffix.empty() || suffix == "B") shift = 0;
+  if (suffix == "K" || suffix == "KiB" || suffix == "KB") shift = 10;
+  if (suffix == "M" || suffix == "MiB" || suffix == "MB") shift = 20;
+  if (suffix == "G" || suffix == "GiB" || suffix == "GB") shift = 30;
+  constexpr int64_t kMax = int64_t{1} << 50;
+  if (digits == 0 || shift < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", flag, " '", text, "' is not a size (a number with an optional K, M or G suffix)"));
+  }
+  const int64_t number = digits > 16 ? kMax + 1 : std::stoll(text.substr(0, digits));
+  if (number == 0 || number > (kMax >> shift)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " '", text, "' outside [1 byte, 1 PiB]"));
+  }
+  return number << shift;
+}
 
 // "host:port", with IPv6 hosts in brackets.
 std::string HostPort(const std::string& host, int port) {
@@ -131,6 +159,21 @@ absl::Status Run() {
   CMOE_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(model_dir));
   int64_t kv_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   if (kv_tokens < 0) return absl::InvalidArgumentError("--kv-cache-tokens must be >= 0");
+  if (const std::string bytes_flag = absl::GetFlag(FLAGS_kv_cache_bytes); !bytes_flag.empty()) {
+    if (kv_tokens != 0) {
+      return absl::InvalidArgumentError("--kv-cache-bytes and --kv-cache-tokens are exclusive");
+    }
+    CMOE_ASSIGN_OR_RETURN(const int64_t bytes, ParseByteSize("kv-cache-bytes", bytes_flag));
+    // Whole blocks of the engine's block size.
+    const int32_t block = engine::LoadOptions{}.kv_block_size;
+    const int64_t block_bytes = engine::KvCache::BytesPerBlock(config, block);
+    kv_tokens = bytes / block_bytes * block;
+    if (kv_tokens == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("--kv-cache-bytes ", bytes_flag,
+                                                     " is less than one KV-cache block (",
+                                                     block_bytes, " bytes for this model)"));
+    }
+  }
   if (kv_tokens == 0) kv_tokens = engine::DefaultKvCacheTokens(config, engine_options.max_running);
 
   const int32_t metrics_port = absl::GetFlag(FLAGS_metrics_port);
@@ -236,7 +279,8 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args = cmoe::tools::ParseToolFlags(
       argc, argv,
       "cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N] "
-      "[--max-batch-tokens 512] [--max-running 64] [--max-waiting 256] [--kv-cache-tokens N] "
+      "[--max-batch-tokens 512] [--max-running 64] [--max-waiting 256] [--kv-cache-tokens N | "
+      "--kv-cache-bytes SIZE] "
       "[--drain-timeout 30] [--model-name NAME] [--metrics-port 9464]");
   if (!args.empty()) {
     return cmoe::tools::Fail("cmoe-serve",

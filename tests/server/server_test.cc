@@ -578,5 +578,65 @@ TEST(ServerMetricsTest, MetricsPortInUseFailsTheStart) {
   EXPECT_EQ(r.out, "");
 }
 
+// Bad flags end the start with one error line naming the flag, before anything listens.
+TEST(ServerFlagsTest, BadFlagsAreErrors) {
+  if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel))) {
+    GTEST_SKIP() << "no shared model " << kModel;
+  }
+  const std::string model = cmoe::testing::SharedModel(kModel);
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--port", "70000"}, "--port"},
+      {{"--max-running", "0"}, "--max-running"},
+      {{"--max-waiting", "-1"}, "--max-waiting"},
+      {{"--drain-timeout", "-1"}, "--drain-timeout"},
+      {{"--metrics-port", "-2"}, "--metrics-port"},
+      {{"--kv-cache-tokens", "-5"}, "--kv-cache-tokens"},
+      {{"--kv-cache-bytes", "12XB"}, "--kv-cache-bytes"},
+      {{"--kv-cache-bytes", "0"}, "--kv-cache-bytes"},
+      {{"--kv-cache-bytes", "99999999999999999999"}, "--kv-cache-bytes"},
+      {{"--kv-cache-bytes", "100"}, "less than one KV-cache block"},
+      {{"--kv-cache-bytes", "1M", "--kv-cache-tokens", "64"}, "exclusive"},
+  };
+  for (const auto& [flags, mention] : cases) {
+    std::vector<std::string> args = {"--model", model, "--port", "0", "--metrics-port", "0"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    const cmoe::testing::SubprocessResult r = cmoe::testing::RunTool("cmoe-serve", args);
+    SCOPED_TRACE(cmoe::testing::CommandLine(args));
+    cmoe::testing::ExpectToolError(r, "cmoe-serve", {mention});
+    EXPECT_EQ(r.out, "");  // nothing listened
+  }
+  const cmoe::testing::SubprocessResult missing =
+      cmoe::testing::RunTool("cmoe-serve", {"--model", "/nonexistent/model", "--port", "0"});
+  cmoe::testing::ExpectToolError(missing, "cmoe-serve", {"/nonexistent/model"});
+}
+
+// --kv-cache-bytes sizes the cache: tinystories-656k keeps 2 layers x 4 KV heads x 16 dims of f32
+// K and V, 1 KiB per position, so 64 KiB hold 64 positions: a request that needs more can never
+// fit (INVALID_ARGUMENT), one that needs fewer runs.
+TEST(ServerFlagsTest, KvCacheBytesSizeTheCache) {
+  if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel))) {
+    GTEST_SKIP() << "no shared model " << kModel;
+  }
+  ServerProcess server;
+  ASSERT_EQ(server.Start({"--kv-cache-bytes", "64KiB"}), "");
+  ASSERT_TRUE(WaitServing(server.channel().get()));
+  auto stub = server.Stub();
+  {
+    grpc::ClientContext context;
+    v1::GenerateResponse response;
+    const grpc::Status status = stub->Generate(&context, GreedyRequest(100), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("KV cache"));
+  }
+  {
+    grpc::ClientContext context;
+    v1::GenerateResponse response;
+    const grpc::Status status = stub->Generate(&context, GreedyRequest(40), &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.finish().usage().generated_tokens(), 40);
+  }
+  EXPECT_EQ(server.Terminate(), 0);
+}
+
 }  // namespace
 }  // namespace cmoe::server
