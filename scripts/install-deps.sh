@@ -9,6 +9,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
   python3 clang-format
+  # deploy/: the Helm chart renderer (Go text/template + Sprig), yamllint, Prometheus + promtool
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev yamllint prometheus
 )
 
 missing=()
