@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages the build and tests need, only those missing.
+# Installs the Debian 12 packages the build and tests need, only those missing
+# (`--build-only`: just what building the binaries needs).
 # Runs `apt-get update` once, and only when something must be installed. Needs root (or sudo).
 set -euo pipefail
 
-PACKAGES=(
-  build-essential cmake ninja-build pkg-config git
-  libabsl-dev nlohmann-json3-dev libsentencepiece-dev liblemon-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+# What building the binaries needs (`--build-only`: the Dockerfile's build stage).
+BUILD_PACKAGES=(
+  build-essential cmake ninja-build pkg-config
+  libabsl-dev nlohmann-json3-dev liblemon-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
-  python3 clang-format
+)
+# What the tests and checks need on top.
+CHECK_PACKAGES=(
+  git python3 clang-format
+  libsentencepiece-dev libgtest-dev libgmock-dev libbenchmark-dev
   # deploy/: the Helm chart renderer (Go text/template + Sprig), yamllint, Prometheus + promtool
   golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev yamllint prometheus
 )
+
+case "${1:-}" in
+  --build-only) PACKAGES=("${BUILD_PACKAGES[@]}") ;;
+  "") PACKAGES=("${BUILD_PACKAGES[@]}" "${CHECK_PACKAGES[@]}") ;;
+  *) echo "usage: install-deps.sh [--build-only]" >&2; exit 2 ;;
+esac
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
