@@ -130,7 +130,9 @@ class StatsPoller {
   std::thread thread_;  // last: starts after the members above exist
 };
 
-void SetServing(grpc::Server& server, bool serving) {
+// The health service's status, and the cmoe_serving gauge that mirrors it for Prometheus.
+void SetServing(grpc::Server& server, ServerMetrics* metrics, bool serving) {
+  if (metrics != nullptr) metrics->SetServing(serving);
   grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
   if (health == nullptr) return;
   health->SetServingStatus("", serving);
@@ -221,7 +223,7 @@ absl::Status Run() {
   if (server == nullptr || selected_port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
   }
-  SetServing(*server, false);
+  SetServing(*server, metrics.get(), false);
   std::printf("listening on %s:%d\n", host.c_str(), selected_port);
   if (metrics != nullptr) std::printf("metrics on %s:%d\n", host.c_str(), metrics->exposer_port());
   std::fflush(stdout);
@@ -250,7 +252,7 @@ absl::Status Run() {
   service.SetEngine(engine->get());
   std::unique_ptr<StatsPoller> poller;
   if (metrics != nullptr) poller = std::make_unique<StatsPoller>(**engine, *metrics);
-  SetServing(*server, true);
+  SetServing(*server, metrics.get(), true);
   CMOE_LOG(INFO) << "serving " << name << " (kv cache " << kv_tokens << " tokens, max running "
                  << engine_options.max_running << ", max batch tokens "
                  << engine_options.max_batch_tokens << ")";
@@ -258,7 +260,7 @@ absl::Status Run() {
   int sig = 0;
   sigwait(&signals, &sig);
   CMOE_LOG(INFO) << "signal " << sig << ": draining for up to " << drain << " s";
-  SetServing(*server, false);
+  SetServing(*server, metrics.get(), false);
   (*engine)->Shutdown(absl::Seconds(drain));
   // Every engine request has finished now; the streams get a second to write their last
   // messages. (gRPC's Shutdown also waits for connected clients to hang up, until the deadline,

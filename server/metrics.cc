@@ -85,6 +85,9 @@ const std::vector<MetricInfo>& ServerMetrics::Metrics() {
       {"cmoe_running_requests", "gauge", "", "Requests in the running batch."},
       {"cmoe_waiting_requests", "gauge", "", "Requests waiting for admission."},
       {"cmoe_kv_cache_usage_ratio", "gauge", "", "Used KV-cache blocks / total blocks."},
+      {"cmoe_serving", "gauge", "",
+       "1 while the gRPC health service reports SERVING; 0 while the model loads and while "
+       "draining."},
       {"cmoe_ffn_activation_ratio", "gauge", "",
        "FFN neurons computed / dense neurons over the recent window of engine steps."},
       {"cmoe_expert_load_imbalance", "gauge", "layer",
@@ -247,6 +250,7 @@ void ServerMetrics::Build() {
   running_ = &Register(prometheus::BuildGauge(), "cmoe_running_requests", r).Add({});
   waiting_ = &Register(prometheus::BuildGauge(), "cmoe_waiting_requests", r).Add({});
   kv_usage_ = &Register(prometheus::BuildGauge(), "cmoe_kv_cache_usage_ratio", r).Add({});
+  serving_ = &Register(prometheus::BuildGauge(), "cmoe_serving", r).Add({});
   activation_ratio_ = &Register(prometheus::BuildGauge(), "cmoe_ffn_activation_ratio", r).Add({});
   auto& imbalance_family = Register(prometheus::BuildGauge(), "cmoe_expert_load_imbalance", r);
   if (experts > 0) {
@@ -399,6 +403,8 @@ void ServerMetrics::OnStep(const engine::StepReport& report) {
                                  : 0.0);
   }
 }
+
+void ServerMetrics::SetServing(bool serving) { serving_->Set(serving ? 1.0 : 0.0); }
 
 void ServerMetrics::OnEngineStats(const engine::EngineStats& stats) {
   running_->Set(static_cast<double>(stats.running));

@@ -106,6 +106,8 @@ class ServerMetrics {
   void OnQueue(double queue_s);
   void OnStep(const engine::StepReport& report);
   void OnEngineStats(const engine::EngineStats& stats);
+  // cmoe_serving: what the gRPC health service reports (0 until the first call).
+  void SetServing(bool serving);
 
   // The text exposition format of every family (what /metrics serves).
   std::string Serialize() const;
@@ -134,6 +136,7 @@ class ServerMetrics {
   prometheus::Histogram* inter_token_ = nullptr;
   prometheus::Histogram* queue_time_ = nullptr;
   prometheus::Histogram* tokens_per_step_ = nullptr;
+  prometheus::Gauge* serving_ = nullptr;
   prometheus::Histogram* step_duration_ = nullptr;
   prometheus::Counter* forward_seconds_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;

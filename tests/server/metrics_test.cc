@@ -104,6 +104,7 @@ TEST(ServerMetricsTest, EveryFamilyIsExposedWithItsType) {
       {"cmoe_running_requests", "gauge"},
       {"cmoe_waiting_requests", "gauge"},
       {"cmoe_kv_cache_usage_ratio", "gauge"},
+      {"cmoe_serving", "gauge"},
       {"cmoe_ffn_activation_ratio", "gauge"},
       {"cmoe_expert_load_imbalance", "gauge"},
   };
@@ -115,6 +116,15 @@ TEST(ServerMetricsTest, EveryFamilyIsExposedWithItsType) {
   // Per-(layer, expert) series exist up front, at zero.
   EXPECT_EQ(ValueOr(text, "cmoe_expert_tokens_total{expert=\"3\",layer=\"1\"}"), 0);
   EXPECT_EQ(ValueOr(text, "cmoe_expert_load_imbalance{layer=\"1\"}"), 0);
+}
+
+TEST(ServerMetricsTest, ServingGaugeFollowsSetServing) {
+  auto metrics = MakeMetrics(1, 0);
+  EXPECT_EQ(ValueOr(metrics->Serialize(), "cmoe_serving"), 0);  // loading
+  metrics->SetServing(true);
+  EXPECT_EQ(ValueOr(metrics->Serialize(), "cmoe_serving"), 1);
+  metrics->SetServing(false);  // draining
+  EXPECT_EQ(ValueOr(metrics->Serialize(), "cmoe_serving"), 0);
 }
 
 TEST(ServerMetricsTest, CreateRejectsBadOptions) {

@@ -520,6 +520,7 @@ TEST(ServerMetricsTest, CarvedModelTrafficIsCounted) {
   for (const std::string& name : ServerMetrics::MetricNames()) {
     EXPECT_NE(text.find("# TYPE " + name + " "), std::string::npos) << name << " missing";
   }
+  EXPECT_EQ(Value(samples, "cmoe_serving"), 1);  // the health service says SERVING
   EXPECT_EQ(Value(samples, "cmoe_requests_total",
                   {{"rpc", "GenerateStream"}, {"code", "OK"}, {"finish_reason", "length"}}),
             kStreams);
