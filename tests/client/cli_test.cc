@@ -38,27 +38,11 @@ int DeadPort() {
   return port;
 }
 
-class CliTest : public ::testing::Test {
+class CliTest : public SharedServerTest {
  protected:
-  static void SetUpTestSuite() {
-    if (!std::filesystem::exists(SharedModel(kModel))) return;
-    server_ = new ServerProcess();
-    start_error_ = server_->Start({}, SharedModel(kModel));
-    if (start_error_.empty() && !WaitServing(server_->channel().get())) {
-      start_error_ = "health never turned SERVING";
-    }
-  }
-  static void TearDownTestSuite() {
-    if (server_ != nullptr) {
-      EXPECT_EQ(server_->Terminate(), 0);
-      delete server_;
-      server_ = nullptr;
-    }
-  }
-  void SetUp() override {
-    if (server_ == nullptr) GTEST_SKIP() << "no shared model " << kModel;
-    ASSERT_EQ(start_error_, "");
-  }
+  static void SetUpTestSuite() { StartSharedServer(SharedModel(kModel)); }
+  static void TearDownTestSuite() { StopSharedServer(); }
+  void SetUp() override { RequireSharedServer(); }
 
   static std::string Target() { return "127.0.0.1:" + std::to_string(server_->port()); }
 
@@ -67,13 +51,7 @@ class CliTest : public ::testing::Test {
     args.insert(args.begin(), {"--target", Target()});
     return RunTool("cmoe-cli", args);
   }
-
-  static ServerProcess* server_;
-  static std::string start_error_;
 };
-
-ServerProcess* CliTest::server_ = nullptr;
-std::string CliTest::start_error_;
 
 const std::vector<std::string> kGreedy = {
     "--prompt", "Once upon a time", "--max-new-tokens", "12", "--temperature", "0", "--ignore-eos"};

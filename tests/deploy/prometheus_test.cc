@@ -104,39 +104,6 @@ int FreePort() {
   return port;
 }
 
-struct HttpResponse {
-  int status = 0;  // 0: no response
-  std::string body;
-};
-
-// GET http://127.0.0.1:<port><target> over a plain socket (HTTP/1.0: the body ends at close).
-HttpResponse HttpGet(int port, const std::string& target) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval timeout{.tv_sec = 10, .tv_usec = 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  std::string response;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request = "GET " + target + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-        static_cast<ssize_t>(request.size())) {
-      char buf[4096];
-      ssize_t n;
-      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) response.append(buf, n);
-    }
-  }
-  ::close(fd);
-  HttpResponse r;
-  const size_t body = response.find("\r\n\r\n");
-  if (!response.starts_with("HTTP/1.") || body == std::string::npos) return r;
-  r.status = std::atoi(response.c_str() + response.find(' ') + 1);
-  r.body = response.substr(body + 4);
-  return r;
-}
-
 std::string UrlEncode(const std::string& s) {
   static const char kHex[] = "0123456789ABCDEF";
   std::string out;

@@ -129,34 +129,12 @@ TEST(GhzConfigTest, ParserRejectsWhatGhzWouldReject) {
   EXPECT_TRUE(ParseData(Json::parse(R"({"data": {"text": "x"}})"), &request).ok());
 }
 
-class GhzLiveTest : public ::testing::Test {
+class GhzLiveTest : public cmoe::testing::SharedServerTest {
  protected:
-  static void SetUpTestSuite() {
-    if (!fs::exists(cmoe::testing::SharedModel(kModel))) return;
-    server_ = new cmoe::testing::ServerProcess();
-    start_error_ = server_->Start({}, cmoe::testing::SharedModel(kModel));
-    if (start_error_.empty() && !cmoe::testing::WaitServing(server_->channel().get())) {
-      start_error_ = "health never turned SERVING";
-    }
-  }
-  static void TearDownTestSuite() {
-    if (server_ != nullptr) {
-      EXPECT_EQ(server_->Terminate(), 0);
-      delete server_;
-      server_ = nullptr;
-    }
-  }
-  void SetUp() override {
-    if (server_ == nullptr) GTEST_SKIP() << "no shared model " << kModel;
-    ASSERT_EQ(start_error_, "");
-  }
-
-  static cmoe::testing::ServerProcess* server_;
-  static std::string start_error_;
+  static void SetUpTestSuite() { StartSharedServer(cmoe::testing::SharedModel(kModel)); }
+  static void TearDownTestSuite() { StopSharedServer(); }
+  void SetUp() override { RequireSharedServer(); }
 };
-
-cmoe::testing::ServerProcess* GhzLiveTest::server_ = nullptr;
-std::string GhzLiveTest::start_error_;
 
 // ghz resolves the call through reflection: the live server must list the service and serve the
 // descriptor of every profile's method.

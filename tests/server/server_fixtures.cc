@@ -34,9 +34,10 @@ SubprocessResult CarveTinyStories(const std::string& config, const std::string& 
        "0:200000", "--calib-seqs", "2", "--calib-len", "64", "--config", config, "--out", out});
 }
 
-std::string Scrape(int port) {
+HttpResponse HttpGet(int port, const std::string& target) {
+  HttpResponse r;
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
+  if (fd < 0) return r;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -46,19 +47,27 @@ std::string Scrape(int port) {
   std::string response;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
     const std::string request =
-        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        "GET " + target + " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
     if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
         static_cast<ssize_t>(request.size())) {
       char buf[4096];
       ssize_t n;
-      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0)
+      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
         response.append(buf, static_cast<size_t>(n));
+      }
     }
   }
   ::close(fd);
-  if (response.rfind("HTTP/1.", 0) != 0 || response.find(" 200 ") == std::string::npos) return "";
   const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
+  if (!response.starts_with("HTTP/1.") || body == std::string::npos) return r;
+  r.status = std::atoi(response.c_str() + response.find(' ') + 1);
+  r.body = response.substr(body + 4);
+  return r;
+}
+
+std::string Scrape(int port) {
+  HttpResponse r = HttpGet(port, "/metrics");
+  return r.status == 200 ? std::move(r.body) : "";
 }
 
 std::vector<Sample> ParseSamples(const std::string& text) {

@@ -31,6 +31,15 @@ SubprocessResult CarveTinyStories(const std::string& config, const std::string& 
 // --- metrics ---
 
 // GET http://127.0.0.1:<port>/metrics over a plain socket; the body, or "" on failure.
+// A plain HTTP/1.0 GET of http://127.0.0.1:<port><target> (the body ends at close; 10 s
+// receive timeout). status 0: no HTTP response.
+struct HttpResponse {
+  int status = 0;
+  std::string body;
+};
+HttpResponse HttpGet(int port, const std::string& target);
+
+// GET /metrics: the body of a 200 answer, else "".
 std::string Scrape(int port);
 
 // One sample of the text exposition format.

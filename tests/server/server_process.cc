@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include <grpcpp/impl/codegen/client_unary_call.h>
@@ -159,6 +160,37 @@ grpc::Status ReflectionQuery(grpc::Channel* channel, const std::vector<std::stri
     status = grpc::Status(grpc::StatusCode::INTERNAL, "the reflection stream ended early");
   }
   return status;
+}
+
+ServerProcess* SharedServerTest::server_ = nullptr;
+std::string SharedServerTest::model_;
+std::string SharedServerTest::start_error_;
+
+void SharedServerTest::StartSharedServer(const std::string& model, std::vector<std::string> extra) {
+  model_ = model;
+  start_error_.clear();
+  if (!std::filesystem::exists(model)) return;
+  server_ = new ServerProcess();
+  start_error_ = server_->Start(std::move(extra), model);
+  if (start_error_.empty() && !WaitServing(server_->channel().get())) {
+    start_error_ = "health never turned SERVING";
+  }
+}
+
+void SharedServerTest::StopSharedServer() {
+  if (server_ == nullptr) return;
+  EXPECT_EQ(server_->Terminate(), 0);
+  delete server_;
+  server_ = nullptr;
+}
+
+bool SharedServerTest::RequireSharedServer() {
+  if (server_ == nullptr) {
+    [] { GTEST_SKIP() << "no model " << model_; }();  // GTEST_SKIP returns void
+    return false;
+  }
+  EXPECT_EQ(start_error_, "");
+  return start_error_.empty();
 }
 
 bool WaitServing(grpc::Channel* channel) {

@@ -13,6 +13,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "gtest/gtest.h"
+
 #include "cmoe/v1/inference.grpc.pb.h"
 
 namespace cmoe::testing {
@@ -46,6 +48,31 @@ class ServerProcess {
   int port_ = 0;
   int metrics_port_ = 0;
   std::shared_ptr<grpc::Channel> channel_;
+};
+
+// A test suite whose tests share one cmoe-serve, started once for the suite:
+//
+//   class MyTest : public SharedServerTest {
+//    protected:
+//     static void SetUpTestSuite() { StartSharedServer(SharedModel("tinystories-656k")); }
+//     static void TearDownTestSuite() { StopSharedServer(); }
+//     void SetUp() override { if (!RequireSharedServer()) return; ... }
+//   };
+class SharedServerTest : public ::testing::Test {
+ protected:
+  // Starts the server with `model` and waits until it is SERVING; does nothing when the model
+  // directory does not exist (the suite's tests then skip).
+  static void StartSharedServer(const std::string& model, std::vector<std::string> extra = {});
+  // SIGTERM; the server must exit 0.
+  static void StopSharedServer();
+  // From SetUp: false (the test skipped or failed) unless the server is up.
+  bool RequireSharedServer();
+
+  static ServerProcess* server_;
+
+ private:
+  static std::string model_;
+  static std::string start_error_;
 };
 
 // grpc.health.v1.Health/Check with an empty request (the whole server), as raw bytes: the

@@ -105,36 +105,16 @@ StreamResult RunStream(v1::Inference::Stub& stub, const v1::GenerateRequest& req
   return out;
 }
 
-class ServerTest : public ::testing::Test {
+class ServerTest : public cmoe::testing::SharedServerTest {
  protected:
-  static void SetUpTestSuite() {
-    if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel))) return;
-    server_ = new ServerProcess();
-    start_error_ = server_->Start();
-    if (start_error_.empty() && !WaitServing(server_->channel().get())) {
-      start_error_ = "health never turned SERVING";
-    }
-  }
-  static void TearDownTestSuite() {
-    if (server_ != nullptr) {
-      EXPECT_EQ(server_->Terminate(), 0);
-      delete server_;
-      server_ = nullptr;
-    }
-  }
+  static void SetUpTestSuite() { StartSharedServer(cmoe::testing::SharedModel(kModel)); }
+  static void TearDownTestSuite() { StopSharedServer(); }
   void SetUp() override {
-    if (server_ == nullptr) GTEST_SKIP() << "no shared model " << kModel;
-    ASSERT_EQ(start_error_, "");
-    stub_ = server_->Stub();
+    if (RequireSharedServer()) stub_ = server_->Stub();
   }
 
-  static ServerProcess* server_;
-  static std::string start_error_;
   std::unique_ptr<v1::Inference::Stub> stub_;
 };
-
-ServerProcess* ServerTest::server_ = nullptr;
-std::string ServerTest::start_error_;
 
 TEST_F(ServerTest, HealthIsServing) {
   std::string response;
