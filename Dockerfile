@@ -5,7 +5,8 @@
 #   docker run --rm -p 50051:50051 -p 9464:9464 -v $PWD/build/models/stories260K-S3A3E8:/models/model:ro cmoe-serve
 #   docker run --rm ... cmoe-serve --model /models/model --max-running 32     # flags after the image
 #
-# CUDA variant (an NVIDIA CUDA base; the build and runtime images must be the same distribution):
+# CUDA variant (an NVIDIA CUDA base; the build and runtime images must be the same distribution;
+# the server has no CUDA backend yet, so this image still serves on the CPU):
 #   docker build -t cmoe-serve:cuda --build-arg CMOE_CUDA=ON \
 #     --build-arg BUILD_IMAGE=nvidia/cuda:13.0.0-devel-ubuntu24.04 \
 #     --build-arg RUNTIME_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04 .
@@ -41,7 +42,9 @@ COPY --from=build /out/runtime-packages.txt /tmp/runtime-packages.txt
 RUN apt-get update -qq \
  && xargs -a /tmp/runtime-packages.txt apt-get install -y -qq --no-install-recommends \
  && rm -rf /var/lib/apt/lists/* /tmp/runtime-packages.txt \
- && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin cmoe
+ && groupadd --system --gid 10001 cmoe \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin cmoe
 COPY --from=build /out/bin/ /usr/local/bin/
 USER 10001:10001
 VOLUME ["/models"]

@@ -12,7 +12,10 @@ int64_t DefaultKvCacheTokens(const ModelConfig& config, int64_t max_running) {
   const int64_t bytes_per_token = std::max<int64_t>(
       1, 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4);
   const int64_t cap = std::max<int64_t>(context, (int64_t{4} << 30) / bytes_per_token);
-  return std::min(std::max<int64_t>(max_running, 1) * context, cap);
+  // Clamped before multiplying: an absurd max_running must not overflow.
+  const int64_t running =
+      std::clamp<int64_t>(max_running, 1, cap / std::max<int64_t>(context, 1) + 1);
+  return std::min(running * context, cap);
 }
 
 int64_t KvCache::BytesPerBlock(const ModelConfig& config, int32_t block_size) {

@@ -62,6 +62,8 @@ TokenLogprob ComputeTokenLogprob(std::span<const float> logits, int32_t token, i
   }
   out.top = TopLogits(logits, static_cast<size_t>(std::max(top_n, 0)));
   for (TopLogprob& t : out.top) t.logprob = log_prob(t.logprob);
+  // A finite logit can still be probability 0 in float (e.g. 6e38 below the max): never listed.
+  std::erase_if(out.top, [](const TopLogprob& t) { return t.logprob == kNegInf; });
   return out;
 }
 

@@ -25,8 +25,9 @@ CALIB=../shared/data/tinystories_val.txt
 
 # Configure once; the build itself is incremental (a no-op when nothing changed).
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-  scripts/install-deps.sh
-  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  scripts/install-deps.sh --build-only
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMOE_BUILD_TESTS=OFF \
+    -DCMOE_BUILD_BENCHMARKS=OFF
 fi
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target cmoe-serve cmoe-cli cmoe-convert cmoe-carve >&2
 

@@ -16,7 +16,9 @@ scripts/install-deps.sh
 if [ -n "${CMAKE_PRESET:-}" ]; then
   cmake --preset "$CMAKE_PRESET" -B "$BUILD_DIR"
 else
-  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  # Tests on explicitly: a build tree first configured by scripts/run.sh has them off.
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMOE_BUILD_TESTS=ON \
+    -DCMOE_BUILD_BENCHMARKS=ON
 fi
 cmake --build "$BUILD_DIR" -j "$JOBS"
 

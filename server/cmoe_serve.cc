@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -177,6 +178,13 @@ absl::Status Run() {
     }
   }
   if (kv_tokens == 0) kv_tokens = engine::DefaultKvCacheTokens(config, engine_options.max_running);
+  // The cache addresses positions with 32-bit slots: refuse a bigger one before listening.
+  if (kv_tokens > std::numeric_limits<int32_t>::max() - engine::LoadOptions{}.kv_block_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the KV cache of ", kv_tokens,
+                     " positions (--kv-cache-tokens / --kv-cache-bytes) exceeds "
+                     "2^31 - 1 slots; use a smaller cache"));
+  }
 
   const int32_t metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port < -1 || metrics_port > 65535) {

@@ -4,6 +4,7 @@
 #include <iterator>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <utility>
 
@@ -84,15 +85,14 @@ std::string_view CodeName(grpc::StatusCode code) {
   return i >= 0 && i < static_cast<int>(names.size()) ? names[i] : std::string_view("UNKNOWN");
 }
 
-void LogFinished(const char* rpc, const engine::FinishEvent& e, Clock::time_point received,
-                 const grpc::Status& status) {
+void LogFinished(const char* rpc, const engine::FinishEvent& e, std::string_view finish_reason,
+                 Clock::time_point received, const grpc::Status& status) {
   CMOE_LOG(INFO) << rpc << " id=" << e.id << " prompt_tokens=" << e.prompt_tokens
                  << " generated_tokens=" << e.generated_tokens
                  << " queue_ms=" << e.queue_seconds * 1e3
                  << " ttft_ms=" << e.first_token_seconds * 1e3
                  << " total_ms=" << Ms(Clock::now() - received)
-                 << " status=" << CodeName(status.error_code())
-                 << " finish=" << engine::FinishReasonName(e.reason);
+                 << " status=" << CodeName(status.error_code()) << " finish=" << finish_reason;
 }
 
 void LogRejected(const char* rpc, const grpc::Status& status) {
@@ -147,32 +147,43 @@ class GenerationCallBase : public engine::RequestSink {
     int64_t generated_tokens = 0;
   };
 
-  // Under mu_: the engine's finish reason and counts when it finished, else "cancelled" and the
-  // tokens seen so far for a submitted request, else nothing.
+  // Under mu_: the finish reason and counts when the engine finished, else "cancelled" (or
+  // "time_limit") and the tokens seen so far for a submitted request, else nothing.
   DoneInfo DoneInfoLocked() const {
-    if (engine_finished_) return {finish_reason_, prompt_tokens_, generated_tokens_};
+    if (engine_finished_) return {ReasonLocked(finish_reason_), prompt_tokens_, generated_tokens_};
     if (submitted_) {
-      return {engine::FinishReasonName(DeadlinePassed() ? engine::FinishReason::kTimeLimit
-                                                        : engine::FinishReason::kCancelled),
-              prompt_tokens_, generated_tokens_};
+      return {ReasonLocked(engine::FinishReason::kCancelled), prompt_tokens_, generated_tokens_};
     }
     return {};
   }
 
-  // Whether the call's gRPC deadline has (about) passed. gRPC reports an expired deadline as a
-  // cancellation (OnCancel, a failed write), and the client's own cancel at its deadline often
-  // arrives before the server's timer fires, so a cancellation within a margin of the deadline
-  // (a quarter of the call's budget, at most 1 s) counts as expiry.
-  bool DeadlinePassed() const {
-    if (deadline_ == std::chrono::system_clock::time_point::max()) return false;
-    return std::chrono::system_clock::now() >= deadline_ - deadline_margin_;
+  // Under mu_: the name of `reason` as reported, a cancellation that was the deadline's counting
+  // as the time limit.
+  std::string_view ReasonLocked(engine::FinishReason reason) const {
+    if (reason == engine::FinishReason::kCancelled && expired_.value_or(false)) {
+      reason = engine::FinishReason::kTimeLimit;
+    }
+    return engine::FinishReasonName(reason);
   }
 
-  // The status of a call that ended early: DEADLINE_EXCEEDED when its deadline passed, else
-  // CANCELLED.
-  grpc::Status CancelledStatus() const {
-    return DeadlinePassed() ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded")
-                            : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+  // Under mu_, at the first sign that the call ended early (OnCancel, a failed write): decides,
+  // once, whether that was its gRPC deadline. gRPC reports an expired deadline as a
+  // cancellation, and the client's own cancel at its deadline can arrive before the server's
+  // timer fires (the server's copy of the deadline is later by the request's transit), so a
+  // cancellation within a margin of the deadline (a quarter of the call's budget, at most
+  // 250 ms) counts as expiry.
+  void NoteEndedEarlyLocked() {
+    if (expired_.has_value()) return;
+    expired_ = deadline_ != std::chrono::system_clock::time_point::max() &&
+               std::chrono::system_clock::now() >= deadline_ - deadline_margin_;
+  }
+
+  // Under mu_: the status of a call that ended early: DEADLINE_EXCEEDED when that was its
+  // deadline, else CANCELLED.
+  grpc::Status CancelledStatusLocked() {
+    NoteEndedEarlyLocked();
+    return *expired_ ? grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded")
+                     : grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
   }
 
   // Under mu_, from OnTokens: token timings for the metrics.
@@ -198,7 +209,7 @@ class GenerationCallBase : public engine::RequestSink {
 
   // Under mu_, from OnFinish.
   void NoteFinishLocked(const engine::FinishEvent& e) {
-    finish_reason_ = engine::FinishReasonName(e.reason);
+    finish_reason_ = e.reason;
     prompt_tokens_ = e.prompt_tokens;
     generated_tokens_ = e.generated_tokens;
     if (metrics_ != nullptr) metrics_->OnQueue(e.queue_seconds);
@@ -223,8 +234,8 @@ class GenerationCallBase : public engine::RequestSink {
     deadline_ = context->deadline();
     if (deadline_ != std::chrono::system_clock::time_point::max()) {
       const auto budget = deadline_ - std::chrono::system_clock::now();
-      deadline_margin_ =
-          std::min<std::chrono::system_clock::duration>(budget / 4, std::chrono::seconds(1));
+      deadline_margin_ = std::clamp<std::chrono::system_clock::duration>(
+          budget / 4, std::chrono::system_clock::duration::zero(), std::chrono::milliseconds(250));
     }
     if (engine_ == nullptr) return grpc::Status(grpc::StatusCode::UNAVAILABLE, kLoading);
     absl::StatusOr<PreparedRequest> prepared =
@@ -243,7 +254,8 @@ class GenerationCallBase : public engine::RequestSink {
       }
       prompt_tokens_ = static_cast<int64_t>(engine_request.prompt.size());
     }
-    previous_token_ = engine_request.prompt.back();  // PrepareRequest rejects empty prompts
+    // PrepareRequest rejects empty prompts; the guard keeps a missed case from being UB.
+    previous_token_ = engine_request.prompt.empty() ? -1 : engine_request.prompt.back();
     prepared_ = std::move(*prepared);
     absl::StatusOr<uint64_t> id = engine_->Submit(std::move(engine_request), std::move(sink));
     if (!id.ok()) return ToGrpcStatus(id.status());
@@ -290,6 +302,7 @@ class GenerationCallBase : public engine::RequestSink {
   std::chrono::system_clock::time_point deadline_ = std::chrono::system_clock::time_point::max();
   std::chrono::system_clock::duration deadline_margin_{0};
   std::mutex mu_;
+  std::optional<bool> expired_;  // NoteEndedEarlyLocked's decision
   uint64_t id_ = 0;
   bool submitted_ = false;
   bool engine_finished_ = false;
@@ -302,7 +315,7 @@ class GenerationCallBase : public engine::RequestSink {
   // then only by OnTokens on the engine's step thread.
   int32_t previous_token_ = -1;
   // For the metrics (under mu_).
-  std::string_view finish_reason_;
+  engine::FinishReason finish_reason_ = engine::FinishReason::kLength;
   int64_t prompt_tokens_ = 0;
   int64_t generated_tokens_ = 0;
   bool seen_token_ = false;
@@ -340,14 +353,15 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
     grpc::Status status = EndStatus(e, prepared_.client_deadline_set);
     bool finish = false;
     DoneInfo info;
+    std::string_view reason;
     {
       std::lock_guard<std::mutex> lock(mu_);
       engine_finished_ = true;
       NoteFinishLocked(e);
+      if (rpc_finished_) status = CancelledStatusLocked();
       info = DoneInfoLocked();
-      if (rpc_finished_) {
-        status = CancelledStatus();
-      } else {
+      reason = ReasonLocked(e.reason);
+      if (!rpc_finished_) {
         rpc_finished_ = finish = true;
         if (status.ok()) {
           text_ += e.text;
@@ -360,7 +374,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
         }
       }
     }
-    LogFinished("Generate", e, received_, status);
+    LogFinished("Generate", e, reason, received_, status);
     if (finish) {
       RecordDone(status, info);
       Finish(status);
@@ -370,16 +384,17 @@ class GenerateReactor final : public grpc::ServerUnaryReactor,
   void OnCancel() override {
     bool finish = false;
     DoneInfo info;
+    grpc::Status status;
     {
       std::lock_guard<std::mutex> lock(mu_);
       cancelled_ = true;
       finish = !rpc_finished_;
       rpc_finished_ = true;
+      status = CancelledStatusLocked();
       info = DoneInfoLocked();
     }
     CancelEngineRequest();
     if (finish) {
-      const grpc::Status status = CancelledStatus();
       RecordDone(status, info);
       Finish(status);
     }
@@ -450,13 +465,13 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
 
   void OnFinish(const engine::FinishEvent& e) override {
     grpc::Status status = EndStatus(e, prepared_.client_deadline_set);
+    std::string_view reason;
     {
       std::lock_guard<std::mutex> lock(mu_);
       engine_finished_ = true;
       NoteFinishLocked(e);
-      if (cancelled_ || write_failed_) {
-        status = CancelledStatus();
-      }
+      if (cancelled_ || write_failed_) status = CancelledStatusLocked();
+      reason = ReasonLocked(e.reason);
       end_status_ = status;
       if (status.ok()) {
         pending_.mutable_text()->append(e.text);
@@ -467,7 +482,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
         has_pending_ = false;
       }
     }
-    LogFinished("GenerateStream", e, received_, status);
+    LogFinished("GenerateStream", e, reason, received_, status);
     SchedulePump();
   }
 
@@ -475,7 +490,10 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
     {
       std::lock_guard<std::mutex> lock(mu_);
       writing_ = false;
-      if (!ok) write_failed_ = true;
+      if (!ok) {
+        write_failed_ = true;
+        NoteEndedEarlyLocked();
+      }
     }
     if (!ok) CancelEngineRequest();
     Pump();
@@ -485,6 +503,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
     {
       std::lock_guard<std::mutex> lock(mu_);
       cancelled_ = true;
+      NoteEndedEarlyLocked();
     }
     CancelEngineRequest();
     Pump();
@@ -525,7 +544,7 @@ class StreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamRe
       if (rpc_finished_ || writing_) return;
       if (cancelled_ || write_failed_) {
         action = kFinish;
-        status = CancelledStatus();
+        status = CancelledStatusLocked();
       } else if (has_pending_) {
         current_ = std::move(pending_);
         pending_.Clear();
@@ -590,6 +609,7 @@ absl::StatusOr<PreparedRequest> PrepareRequest(
       if (!ids.ok()) {
         return absl::InvalidArgumentError(absl::StrCat("prompt.text: ", ids.status().message()));
       }
+      if (ids->empty()) return absl::InvalidArgumentError("prompt.text: encodes to no tokens");
       r.prompt = std::move(*ids);
       out.echo_text = request.text();
       break;
@@ -598,6 +618,9 @@ absl::StatusOr<PreparedRequest> PrepareRequest(
       if (request.has_add_bos()) {
         return absl::InvalidArgumentError(
             "add_bos: only applies to a text prompt (add BOS to token_ids yourself)");
+      }
+      if (request.token_ids().ids().empty()) {
+        return absl::InvalidArgumentError("prompt.token_ids: empty");
       }
       r.prompt.assign(request.token_ids().ids().begin(), request.token_ids().ids().end());
       if (request.output().echo_prompt()) {

@@ -178,6 +178,17 @@ TEST(LogprobsTest, HugeMagnitudesNeitherOverflowNorUnderflow) {
   EXPECT_NEAR(ComputeTokenLogprob(many, 0, 1).logprob, want, 1e-9);
 }
 
+TEST(LogprobsTest, FiniteLogitsOfProbabilityZeroAreNotListed) {
+  // -3e38 is finite but 6e38 below the max: its probability is 0 in float, its logprob -inf.
+  const std::vector<float> logits = {3e38f, -3e38f, 0.0f};
+  const TokenLogprob got = ComputeTokenLogprob(logits, 1, 3);
+  EXPECT_EQ(got.logprob, -std::numeric_limits<float>::infinity());
+  ASSERT_EQ(got.top.size(), 2u);
+  EXPECT_EQ(got.top[0].token, 0);
+  EXPECT_EQ(got.top[1].token, 2);
+  for (const TopLogprob& t : got.top) EXPECT_TRUE(std::isfinite(t.logprob)) << t.token;
+}
+
 TEST(LogprobsTest, VocabularyOfOneAndMoreAlternativesThanTokens) {
   const std::vector<float> one = {-7.0f};
   const TokenLogprob got = ComputeTokenLogprob(one, 0, 20);

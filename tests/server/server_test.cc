@@ -224,6 +224,12 @@ TEST_F(ServerTest, InvalidRequestsNameTheField) {
     cases.push_back({"empty prompt", r, "prompt"});
   }
   {
+    // An empty token-id list (the oneof set, no ids): once crashed the server.
+    v1::GenerateRequest r = GreedyRequest(4);
+    r.mutable_token_ids();
+    cases.push_back({"empty token_ids", r, "prompt.token_ids"});
+  }
+  {
     v1::GenerateRequest r = GreedyRequest(4);
     r.mutable_sampling()->set_top_p(2.0f);
     cases.push_back({"top_p 2", r, "top_p"});
@@ -576,6 +582,7 @@ TEST(ServerFlagsTest, BadFlagsAreErrors) {
       {{"--kv-cache-bytes", "0"}, "--kv-cache-bytes"},
       {{"--kv-cache-bytes", "99999999999999999999"}, "--kv-cache-bytes"},
       {{"--kv-cache-bytes", "100"}, "less than one KV-cache block"},
+      {{"--kv-cache-bytes", "1000000G"}, "2^31 - 1 slots"},
       {{"--kv-cache-bytes", "1M", "--kv-cache-tokens", "64"}, "exclusive"},
   };
   for (const auto& [flags, mention] : cases) {
