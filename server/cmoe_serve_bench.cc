@@ -90,6 +90,14 @@ struct StepTotals {
     forward_seconds += r.forward_seconds;
     step_seconds += r.step_seconds;
   }
+  RunResult Result(double wall_seconds, int64_t generated_tokens) const {
+    return {.wall_seconds = wall_seconds,
+            .generated_tokens = generated_tokens,
+            .steps = steps,
+            .step_tokens = tokens,
+            .forward_seconds = forward_seconds,
+            .step_seconds = step_seconds};
+  }
 };
 
 absl::StatusOr<std::unique_ptr<engine::Engine>> MakeEngine(
@@ -176,12 +184,7 @@ absl::StatusOr<RunResult> RunEngine(const RunOptions& options) {
   const double seconds = wall.Seconds();
   engine->Shutdown(absl::ZeroDuration());
   CMOE_RETURN_IF_ERROR(status);
-  return RunResult{.wall_seconds = seconds,
-                   .generated_tokens = generated.load(),
-                   .steps = totals.steps,
-                   .step_tokens = totals.tokens,
-                   .forward_seconds = totals.forward_seconds,
-                   .step_seconds = totals.step_seconds};
+  return totals.Result(seconds, generated.load());
 }
 
 absl::StatusOr<RunResult> RunGrpc(const RunOptions& options) {
@@ -235,12 +238,7 @@ absl::StatusOr<RunResult> RunGrpc(const RunOptions& options) {
   server->Shutdown(std::chrono::system_clock::now());
   server->Wait();
   CMOE_RETURN_IF_ERROR(status);
-  return RunResult{.wall_seconds = seconds,
-                   .generated_tokens = generated.load(),
-                   .steps = totals.steps,
-                   .step_tokens = totals.tokens,
-                   .forward_seconds = totals.forward_seconds,
-                   .step_seconds = totals.step_seconds};
+  return totals.Result(seconds, generated.load());
 }
 
 double Median(std::vector<double> v) {
