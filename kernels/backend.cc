@@ -1,8 +1,119 @@
 #include "kernels/backend.h"
 
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
 #include "absl/strings/str_cat.h"
 
 namespace cmoe::kernels {
+namespace {
+
+constexpr int64_t kHostAlignment = 64;
+
+void FreeHost(void* /*context*/, void* data) { std::free(data); }
+
+absl::Status NullOperand(const char* op, const char* operand) {
+  return absl::InvalidArgumentError(absl::StrCat(op, ": ", operand, " is null"));
+}
+
+absl::Status ValidateTopK(const char* op, int64_t num_tokens, int32_t k, int32_t experts) {
+  if (num_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": num_tokens ", num_tokens, " < 0"));
+  }
+  if (experts < 1 || k < 1 || k > experts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": k ", k, " outside [1, ", experts, "] (num_experts ", experts, ")"));
+  }
+  if (num_tokens * k >= std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", num_tokens, " tokens x k ", k, " slots exceed int32"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Buffer> Backend::Allocate(int64_t bytes) {
+  if (bytes < 0) return absl::InvalidArgumentError(absl::StrCat("Allocate: ", bytes, " bytes"));
+  if (bytes == 0) return Buffer();
+  const int64_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
+  void* data = std::aligned_alloc(kHostAlignment, static_cast<size_t>(rounded));
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat("Allocate: ", bytes, " bytes of host memory"));
+  }
+  return Buffer(data, bytes, &FreeHost, nullptr);
+}
+
+absl::Status Backend::CopyToBackend(void* dst, const void* src, int64_t bytes) {
+  if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+  return absl::OkStatus();
+}
+
+absl::Status Backend::CopyToHost(void* dst, const void* src, int64_t bytes) {
+  if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<WeightView> Backend::UploadWeight(const WeightView& host) { return host; }
+
+absl::Status ValidateRouteTopK(const RouteTopKParams& p) {
+  constexpr const char* kOp = "RouteTopK";
+  if (absl::Status s = ValidateTopK(kOp, p.num_tokens, p.num_activated, p.num_experts); !s.ok()) {
+    return s;
+  }
+  if (p.num_tokens == 0) return absl::OkStatus();
+  if (p.logits == nullptr) return NullOperand(kOp, "logits");
+  if (p.selected == nullptr) return NullOperand(kOp, "selected");
+  if (p.weights == nullptr) return NullOperand(kOp, "weights");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateDispatch(const DispatchParams& p) {
+  constexpr const char* kOp = "BuildDispatch";
+  if (absl::Status s = ValidateTopK(kOp, p.num_tokens, p.k, p.num_experts); !s.ok()) return s;
+  if (p.counts == nullptr) return NullOperand(kOp, "counts");
+  if (p.offsets == nullptr) return NullOperand(kOp, "offsets");
+  if (p.num_tokens == 0) return absl::OkStatus();
+  if (p.selected == nullptr) return NullOperand(kOp, "selected");
+  if (p.slot_token == nullptr) return NullOperand(kOp, "slot_token");
+  if (p.slot_source == nullptr) return NullOperand(kOp, "slot_source");
+  if (p.token_slot == nullptr) return NullOperand(kOp, "token_slot");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateGroupedMatMul(const GroupedMatMulParams& p) {
+  constexpr const char* kOp = "GroupedMatMul";
+  if (p.w.groups < 1 || p.w.rows < 1 || p.w.cols < 1 || !IsFloatDType(p.w.dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": weights (", p.w.groups, ", ", p.w.rows,
+                                                   ", ", p.w.cols, ") ", std::string(DTypeName(p.w.dtype)),
+                                                   " is not a float tensor of groups"));
+  }
+  if (p.num_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": num_rows ", p.num_rows, " < 0"));
+  }
+  if (p.offsets == nullptr) return NullOperand(kOp, "offsets");
+  if (p.w.data == nullptr) return NullOperand(kOp, "weights");
+  if (p.num_rows == 0) return absl::OkStatus();
+  if (p.x == nullptr) return NullOperand(kOp, "x");
+  if (p.y == nullptr) return NullOperand(kOp, "y");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateCombine(const CombineParams& p) {
+  constexpr const char* kOp = "CombineExperts";
+  if (p.num_tokens < 0 || p.k < 1 || p.dim < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": num_tokens ", p.num_tokens, ", k ", p.k,
+                                                   ", dim ", p.dim, " (need T >= 0, k, dim >= 1)"));
+  }
+  if (p.num_tokens == 0) return absl::OkStatus();
+  if (p.expert_out == nullptr) return NullOperand(kOp, "expert_out");
+  if (p.token_slot == nullptr) return NullOperand(kOp, "token_slot");
+  if (p.weights == nullptr) return NullOperand(kOp, "weights");
+  if (p.x == nullptr) return NullOperand(kOp, "x");
+  return absl::OkStatus();
+}
 
 absl::Status ValidateEmbedding(const WeightView& table, std::span<const int32_t> ids) {
   for (int32_t id : ids) {

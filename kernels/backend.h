@@ -11,6 +11,12 @@
 //   writes nothing.
 // - A backend is used by one thread at a time (the engine's step thread); it may use its own
 //   worker threads inside a call.
+// - "The backend's memory" is host memory for the CPU backends and device memory for CUDA.
+//   Allocate / CopyToBackend / CopyToHost / UploadWeight move data there; the defaults below are
+//   the host versions. Spans of ids, positions, slots and block tables are host memory in every
+//   backend (the engine plans a step on the host); a device backend copies them itself.
+// - Device backends run ops asynchronously in call order; CopyToHost and Synchronize wait. A
+//   sticky device error (the context is lost) makes every later call fail; Health() reports it.
 #ifndef CMOE_KERNELS_BACKEND_H_
 #define CMOE_KERNELS_BACKEND_H_
 
@@ -22,41 +28,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/attention_types.h"
+#include "kernels/buffer.h"
+#include "kernels/moe_ops.h"
 #include "kernels/weight_view.h"
 
 namespace cmoe::kernels {
-
-// One layer's slice of the paged KV cache. Slot s (= block * block_size + offset) holds the key
-// and value of one position: k[s, kv_head, :] and v[s, kv_head, :].
-struct PagedKvLayer {
-  float* k = nullptr;  // (num_blocks * block_size, n_kv_heads, head_dim) f32, read/written
-  float* v = nullptr;  // (num_blocks * block_size, n_kv_heads, head_dim) f32, read/written
-  int64_t num_blocks = 0;
-  int32_t block_size = 0;
-  int32_t n_kv_heads = 0;
-  int32_t head_dim = 0;
-};
-
-// The query rows of one sequence in an attention step. Row i (0 <= i < num_tokens) of the sequence
-// sits at batch row first_row + i, has position context_len - num_tokens + i and attends causally
-// to positions [0, that position]. Position p lives in slot
-// block_table[p / block_size] * block_size + p % block_size.
-struct AttentionSequence {
-  int64_t first_row = 0;
-  int64_t num_tokens = 0;
-  int64_t context_len = 0;
-  std::span<const int32_t> block_table;  // host memory for CPU backends
-};
-
-struct AttentionParams {
-  const float* q = nullptr;  // (T, n_heads, head_dim) f32, read; RoPE already applied
-  int64_t num_rows = 0;      // T
-  int32_t n_heads = 0;       // query heads; a multiple of the cache's n_kv_heads (GQA)
-  float scale = 0.0f;        // usually 1/sqrt(head_dim)
-  std::span<const AttentionSequence> sequences;
-  PagedKvLayer cache;    // read
-  float* out = nullptr;  // (T, n_heads, head_dim) f32, written
-};
 
 enum class Accumulate { kNo, kYes };
 
@@ -70,6 +47,26 @@ class Backend {
   // with spinning worker threads lets them sleep so their cores go to other threads. The next
   // kernel call works as usual. Same thread as the kernel calls.
   virtual void Idle() {}
+
+  // --- Memory. Defaults: host memory (64-byte aligned), memcpy, the weights used in place. ---
+
+  // True when the backend's memory is not host memory.
+  virtual bool IsDevice() const { return false; }
+  // `bytes` of uninitialised backend memory; bytes == 0 gives an empty Buffer. ResourceExhausted
+  // when it cannot be had.
+  virtual absl::StatusOr<Buffer> Allocate(int64_t bytes);
+  // dst (backend memory) <- src (host memory), `bytes` bytes. Returns once src may be reused.
+  virtual absl::Status CopyToBackend(void* dst, const void* src, int64_t bytes);
+  // dst (host memory) <- src (backend memory), after every op called before it has finished.
+  virtual absl::Status CopyToHost(void* dst, const void* src, int64_t bytes);
+  // A view of `host` (host memory, usually memory-mapped) that this backend's ops can read. The
+  // CPU backends return `host` itself; a device backend copies it to memory it owns until it is
+  // destroyed (the returned view dies with the backend).
+  virtual absl::StatusOr<WeightView> UploadWeight(const WeightView& host);
+  // Waits for every op called so far; their errors surface here at the latest.
+  virtual absl::Status Synchronize() { return absl::OkStatus(); }
+  // OK, or the sticky device error that fails every call from now on.
+  virtual absl::Status Health() const { return absl::OkStatus(); }
 
   // out[t, :] = table[ids[t], :] widened to float. table: (vocab, dim); out: (T, dim).
   // An id outside [0, vocab) is InvalidArgument.
@@ -105,7 +102,32 @@ class Backend {
   // head h reading kv head h / (n_heads / n_kv_heads)). Rows not covered by a sequence are left
   // untouched.
   virtual absl::Status Attention(const AttentionParams& params) = 0;
+
+  // --- MoE primitives (kernels/moe_ops.h describes the pipeline). ---
+
+  // Router scores, softmax, top-k with bias and gate weights per token (engine/moe_dispatch.h
+  // RouteTokens on up * silu(gate)). Non-finite scores are not diagnosed here; a host backend
+  // orders NaN below every number.
+  virtual absl::Status RouteTopK(const RouteTopKParams& params) = 0;
+  // The dispatch plan of engine/moe_dispatch.h BuildDispatchPlan, in backend memory. Ids must
+  // be valid and distinct per token (RouteTopK's output is); a host backend checks them.
+  virtual absl::Status BuildDispatch(const DispatchParams& params) = 0;
+  // One matmul per group over its contiguous rows: y[p] = W_e . x_p (see GroupedMatMulParams).
+  virtual absl::Status GroupedMatMul(const GroupedMatMulParams& params) = 0;
+  // out[r, i] = silu(gate_up[r, i]) * gate_up[r, width + i]: gate_up (rows, 2 * width) f32 read,
+  // out (rows, width) f32 written; out must not overlap gate_up.
+  virtual absl::Status SiluMulPacked(const float* gate_up, int64_t rows, int64_t width,
+                                     float* out) = 0;
+  // x[t] += sum_j weights[t, j] * expert_out[token_slot[t * k + j]], summed in j order.
+  virtual absl::Status CombineExperts(const CombineParams& params) = 0;
 };
+
+// Validation shared by every backend's MoE primitives: non-null operands where T > 0, k in
+// [1, E], T * k < 2^31, grouped weight shapes (x width = w.cols). Names the op and the operand.
+absl::Status ValidateRouteTopK(const RouteTopKParams& params);
+absl::Status ValidateDispatch(const DispatchParams& params);
+absl::Status ValidateGroupedMatMul(const GroupedMatMulParams& params);
+absl::Status ValidateCombine(const CombineParams& params);
 
 // Validation shared by every backend's Embedding: every id inside [0, table.rows).
 absl::Status ValidateEmbedding(const WeightView& table, std::span<const int32_t> ids);

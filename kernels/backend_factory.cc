@@ -1,11 +1,29 @@
 #include "kernels/backend_factory.h"
 
+#include <charconv>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/reference_backend.h"
+#if defined(CMOE_HAVE_CUDA)
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace cmoe::kernels {
+
+absl::StatusOr<int> ParseCudaDevice(const std::string& device) {
+  if (device == "cuda") return 0;
+  const std::string digits = device.substr(5);  // after "cuda:"
+  int ordinal = -1;
+  const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), ordinal);
+  if (digits.empty() || error != std::errc() || end != digits.data() + digits.size() ||
+      ordinal < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--device '", device, "': expected cuda or cuda:N with N a device ordinal (0, 1, ...)"));
+  }
+  return ordinal;
+}
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options) {
   if (options.threads > kMaxThreads) {
@@ -18,8 +36,20 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
   }
   if (options.device == "reference") return cpu::MakeReferenceBackend();
   if (options.device == "cuda" || absl::StartsWith(options.device, "cuda:")) {
+    auto ordinal = ParseCudaDevice(options.device);
+    if (!ordinal.ok()) return ordinal.status();
+#if defined(CMOE_HAVE_CUDA)
+    auto backend = cuda::MakeCudaBackend({.device = *ordinal});
+    if (!backend.ok()) {
+      return absl::Status(backend.status().code(), absl::StrCat("--device ", options.device, ": ",
+                                                                backend.status().message()));
+    }
+    return backend;
+#else
     return absl::UnavailableError(absl::StrCat(
-        "--device ", options.device, ": this build has no CUDA backend; use --device cpu"));
+        "--device ", options.device,
+        ": this build has no CUDA backend (configure with -DCMOE_CUDA=ON); use --device cpu"));
+#endif
   }
   return absl::InvalidArgumentError(
       absl::StrCat("--device '", options.device, "' is not one of cpu, reference, cuda[:N]"));

@@ -23,9 +23,12 @@ struct BackendOptions {
   int threads = 0;
 };
 
-// InvalidArgument for an unknown device; Unavailable for "cuda" in a build or on a machine
-// without CUDA.
+// InvalidArgument for an unknown device or a malformed ordinal; Unavailable for "cuda" in a build
+// without CUDA or on a machine without a usable GPU (the message names the reason).
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+// "cuda" -> 0, "cuda:N" -> N; InvalidArgument otherwise. `device` starts with "cuda".
+absl::StatusOr<int> ParseCudaDevice(const std::string& device);
 
 }  // namespace cmoe::kernels
 

@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/thread_pool.h"
+#include "kernels/cpu/moe_ops_host.h"
 #include "kernels/cpu/simd_kernels.h"
 
 namespace cmoe::kernels::cpu {
@@ -87,6 +88,19 @@ class CpuBackend final : public Backend {
                        const PagedKvLayer& cache) override;
   absl::Status Attention(const AttentionParams& params) override;
 
+  absl::Status RouteTopK(const RouteTopKParams& params) override { return RouteTopKHost(params); }
+  absl::Status BuildDispatch(const DispatchParams& params) override {
+    return BuildDispatchHost(params);
+  }
+  absl::Status GroupedMatMul(const GroupedMatMulParams& params) override;
+  absl::Status SiluMulPacked(const float* gate_up, int64_t rows, int64_t width,
+                             float* out) override {
+    return SiluMulPackedHost(gate_up, rows, width, out);
+  }
+  absl::Status CombineExperts(const CombineParams& params) override {
+    return CombineExpertsHost(params);
+  }
+
  private:
   void Gemv(const GemvArgs& args, const WeightView& w);
   void Gemm(const GemvArgs& args, const WeightView& w);
@@ -102,6 +116,7 @@ class CpuBackend final : public Backend {
   std::vector<float> norm_weight_;   // RmsNorm's weight widened to f32
   std::vector<float> gemm_x_;        // Gemm's packed x
   std::vector<float> gemv_x_pairs_;  // Gemv's x arranged for the BF16 one-token path
+  std::vector<float> group_x_;       // GroupedMatMul's gathered rows of one group
 };
 
 absl::Status CpuBackend::RmsNorm(const float* x, int64_t num_rows, const WeightView& weight,
@@ -186,6 +201,29 @@ absl::Status CpuBackend::MatMul(const float* x, int64_t num_rows, const WeightVi
     Gemv(args, w);
   } else {
     Gemm(args, w);
+  }
+  return absl::OkStatus();
+}
+
+// One fast MatMul per group with tokens; rows are gathered first when row_index is set.
+absl::Status CpuBackend::GroupedMatMul(const GroupedMatMulParams& p) {
+  CMOE_RETURN_IF_ERROR(ValidateGroupedMatMul(p));
+  CMOE_RETURN_IF_ERROR(ValidateGroupOffsets(p));
+  const int64_t in = p.w.cols;
+  for (int32_t e = 0; e < p.w.groups; ++e) {
+    const int64_t first = p.offsets[e];
+    const int64_t rows = p.offsets[e + 1] - first;
+    if (rows == 0) continue;
+    const float* x = p.x + first * in;
+    if (p.row_index != nullptr) {
+      group_x_.resize(static_cast<size_t>(rows * in));
+      for (int64_t r = 0; r < rows; ++r) {
+        std::copy_n(p.x + static_cast<int64_t>(p.row_index[first + r]) * in, in,
+                    group_x_.data() + r * in);
+      }
+      x = group_x_.data();
+    }
+    CMOE_RETURN_IF_ERROR(MatMul(x, rows, p.w.Group(e), p.y + first * p.w.rows, Accumulate::kNo));
   }
   return absl::OkStatus();
 }

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/moe_ops_host.h"
 
 namespace cmoe::kernels::cpu {
 namespace {
@@ -11,6 +12,21 @@ namespace {
 class ReferenceBackend final : public Backend {
  public:
   std::string_view Name() const override { return "reference"; }
+
+  absl::Status RouteTopK(const RouteTopKParams& params) override { return RouteTopKHost(params); }
+  absl::Status BuildDispatch(const DispatchParams& params) override {
+    return BuildDispatchHost(params);
+  }
+  absl::Status GroupedMatMul(const GroupedMatMulParams& params) override {
+    return GroupedMatMulHost(params);
+  }
+  absl::Status SiluMulPacked(const float* gate_up, int64_t rows, int64_t width,
+                             float* out) override {
+    return SiluMulPackedHost(gate_up, rows, width, out);
+  }
+  absl::Status CombineExperts(const CombineParams& params) override {
+    return CombineExpertsHost(params);
+  }
 
   absl::Status Embedding(const WeightView& table, std::span<const int32_t> ids,
                          float* out) override {

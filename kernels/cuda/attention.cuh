@@ -1,0 +1,42 @@
+// Grouped-query causal attention over the paged KV cache on the device (decode and chunked
+// prefill; kernels/backend.h Attention).
+#ifndef CMOE_KERNELS_CUDA_ATTENTION_CUH_
+#define CMOE_KERNELS_CUDA_ATTENTION_CUH_
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/attention_types.h"
+
+namespace cmoe::kernels::cuda {
+
+// A sequence of the step as the device reads it: its block table starts at
+// block_tables[table_offset].
+struct DeviceAttentionSequence {
+  int64_t first_row = 0;
+  int64_t num_tokens = 0;
+  int64_t context_len = 0;
+  int64_t table_offset = 0;
+};
+
+struct PagedAttentionArgs {
+  const float* q = nullptr;  // (num_rows, n_heads, head_dim) f32 device, read
+  int64_t num_rows = 0;
+  int32_t n_heads = 0;
+  float scale = 0.0f;
+  const DeviceAttentionSequence* sequences = nullptr;  // (num_sequences) device
+  int32_t num_sequences = 0;
+  const int32_t* block_tables = nullptr;  // concatenated block tables, int32 device
+  int64_t max_tokens = 0;                 // max num_tokens over the sequences (host-known)
+  int64_t max_context = 0;                // max context_len over the sequences (host-known)
+  PagedKvLayer cache;                     // device, read
+  float* out = nullptr;                   // (num_rows, n_heads, head_dim) f32 device, written
+};
+
+// Rows not covered by a sequence are left untouched.
+cudaError_t LaunchPagedAttention(const PagedAttentionArgs& args, cudaStream_t stream);
+
+}  // namespace cmoe::kernels::cuda
+
+#endif  // CMOE_KERNELS_CUDA_ATTENTION_CUH_

@@ -1,0 +1,39 @@
+// The CUDA backend: every op of kernels/backend.h on one NVIDIA GPU. Activations stay f32 in
+// device memory; weights are uploaded once (UploadWeight) in their checkpoint dtype (BF16/F16/
+// F32) and read in it with f32 accumulation. Skinny matmuls (decode) run our own GEMV kernels
+// that read each weight once; larger ones cuBLAS (cublasGemmEx) with the activations rounded to
+// the weight dtype. The MoE primitives run on the device without host round trips in decode.
+// Ops are queued on the backend's stream in call order; CopyToHost and Synchronize wait.
+//
+//   CMOE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> gpu, MakeCudaBackend({.device = 0}));
+//
+// A sticky device error (kernels/cuda/cuda_status.h) is remembered: every later call returns it
+// and Health() reports it.
+#ifndef CMOE_KERNELS_CUDA_CUDA_BACKEND_H_
+#define CMOE_KERNELS_CUDA_CUDA_BACKEND_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+
+namespace cmoe::kernels::cuda {
+
+struct CudaBackendOptions {
+  int device = 0;  // CUDA device ordinal
+};
+
+// Devices the driver sees; Unavailable (with the driver's reason) when there is no usable driver
+// or device, e.g. on a machine without a GPU.
+absl::StatusOr<int> CudaDeviceCount();
+
+// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" for device `device`.
+absl::StatusOr<std::string> CudaDeviceDescription(int device);
+
+// Unavailable without a usable device; InvalidArgument for an ordinal outside [0, count).
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOptions& options);
+
+}  // namespace cmoe::kernels::cuda
+
+#endif  // CMOE_KERNELS_CUDA_CUDA_BACKEND_H_

@@ -1,0 +1,107 @@
+// The CudaBackend class, shared by the files that define its ops (cuda_backend.cc: creation,
+// memory, errors; cuda_backend_ops.cc: elementwise ops; cuda_backend_attention.cc;
+// cuda_backend_matmul.cc; cuda_backend_moe.cc). Internal to kernels/cuda.
+#ifndef CMOE_KERNELS_CUDA_CUDA_BACKEND_IMPL_H_
+#define CMOE_KERNELS_CUDA_CUDA_BACKEND_IMPL_H_
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+
+namespace cmoe::kernels::cuda {
+
+// Scratch areas of the backend, each grown on demand and reused across calls. An op may hold
+// several at once but never two calls' worth of the same one (ops are queued in order on one
+// stream, so reuse by the next op is safe).
+enum class Scratch : int {
+  kIds,        // int32 uploads of host spans (ids, positions, slots)
+  kTables,     // attention: sequences + block tables
+  kCastX,      // cuBLAS: x rounded to the weight dtype
+  kCastY,      // cuBLAS: y in the weight dtype before widening, when needed
+  kGather,     // GroupedMatMul: gathered rows
+  kGroupHost,  // device copies of grouped-GEMM pointer arrays
+  kCount
+};
+
+class CudaBackend final : public Backend {
+ public:
+  // Takes ownership of the stream and handle.
+  CudaBackend(int device, std::string name, cudaStream_t stream, cublasHandle_t cublas);
+  ~CudaBackend() override;
+
+  std::string_view Name() const override { return name_; }
+  bool IsDevice() const override { return true; }
+  absl::StatusOr<Buffer> Allocate(int64_t bytes) override;
+  absl::Status CopyToBackend(void* dst, const void* src, int64_t bytes) override;
+  absl::Status CopyToHost(void* dst, const void* src, int64_t bytes) override;
+  absl::StatusOr<WeightView> UploadWeight(const WeightView& host) override;
+  absl::Status Synchronize() override;
+  absl::Status Health() const override { return sticky_; }
+
+  // cuda_backend_ops.cc
+  absl::Status Embedding(const WeightView& table, std::span<const int32_t> ids,
+                         float* out) override;
+  absl::Status RmsNorm(const float* x, int64_t num_rows, const WeightView& weight, float eps,
+                       float* y) override;
+  absl::Status Rope(float* x, std::span<const int32_t> positions, int32_t n_heads, int32_t head_dim,
+                    float theta) override;
+  absl::Status SiluMul(const float* gate, const float* up, int64_t count, float* out) override;
+  absl::Status SiluMulPacked(const float* gate_up, int64_t rows, int64_t width,
+                             float* out) override;
+  absl::Status KvWrite(const float* k, const float* v, std::span<const int32_t> slots,
+                       const PagedKvLayer& cache) override;
+  // cuda_backend_attention.cc
+  absl::Status Attention(const AttentionParams& params) override;
+  // cuda_backend_matmul.cc
+  absl::Status MatMul(const float* x, int64_t num_rows, const WeightView& w, float* y,
+                      Accumulate accumulate) override;
+  // cuda_backend_moe.cc
+  absl::Status RouteTopK(const RouteTopKParams& params) override;
+  absl::Status BuildDispatch(const DispatchParams& params) override;
+  absl::Status GroupedMatMul(const GroupedMatMulParams& params) override;
+  absl::Status CombineExperts(const CombineParams& params) override;
+
+  // --- for the op files ---
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  // The sticky error if there is one, else OK: every op starts with CMOE_RETURN_IF_ERROR(Ready()).
+  absl::Status Ready() const { return sticky_; }
+  // Turns a CUDA result into a Status (CMOE_CUDA_STATUS) and remembers sticky errors. Ops call it
+  // after each launch with cudaGetLastError(): Check(CMOE_CUDA_STATUS(cudaGetLastError())).
+  absl::Status Check(absl::Status status);
+  // At least `bytes` of device scratch of kind `which`, valid until the next call for it.
+  absl::StatusOr<void*> ScratchSpace(Scratch which, int64_t bytes);
+  // Copies a host int32 span to scratch `which` and returns the device pointer (null for an empty
+  // span). The host span may be reused at once: an asynchronous copy from pageable memory
+  // returns after the driver has staged it.
+  absl::StatusOr<const int32_t*> UploadInts(std::span<const int32_t> host, Scratch which);
+  // As UploadInts for raw bytes.
+  absl::StatusOr<void*> UploadBytes(const void* host, int64_t bytes, Scratch which);
+
+ private:
+  struct Area {
+    void* device = nullptr;
+    int64_t bytes = 0;
+  };
+
+  int device_;
+  std::string name_;
+  cudaStream_t stream_;
+  cublasHandle_t cublas_;
+  absl::Status sticky_;
+  std::array<Area, static_cast<int>(Scratch::kCount)> scratch_{};
+  std::vector<void*> weights_;  // device copies made by UploadWeight
+};
+
+}  // namespace cmoe::kernels::cuda
+
+#endif  // CMOE_KERNELS_CUDA_CUDA_BACKEND_IMPL_H_
