@@ -65,14 +65,19 @@ struct Engine::Sequence {
 };
 
 Engine::Engine(LoadedModel model, const EngineOptions& options,
-               std::function<void(const StepReport&)> on_step)
-    : model_(std::move(model)), options_(options), on_step_(std::move(on_step)) {
+               std::function<void(const StepReport&)> on_step,
+               std::function<void(const absl::Status&)> on_fault)
+    : model_(std::move(model)),
+      options_(options),
+      on_step_(std::move(on_step)),
+      on_fault_(std::move(on_fault)) {
   stats_.kv_blocks_total = model_.cache->num_blocks();
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
     LoadedModel model, const EngineOptions& options,
-    std::function<void(const StepReport&)> on_step) {
+    std::function<void(const StepReport&)> on_step,
+    std::function<void(const absl::Status&)> on_fault) {
   if (model.model == nullptr || model.cache == nullptr || model.tokenizer == nullptr) {
     return absl::InvalidArgumentError(
         "Engine: the model, its KV cache and its tokenizer are needed");
@@ -82,7 +87,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
         "Engine: max_batch_tokens (", options.max_batch_tokens, ") and max_running (",
         options.max_running, ") must be >= 1, max_waiting (", options.max_waiting, ") >= 0"));
   }
-  std::unique_ptr<Engine> engine(new Engine(std::move(model), options, std::move(on_step)));
+  std::unique_ptr<Engine> engine(
+      new Engine(std::move(model), options, std::move(on_step), std::move(on_fault)));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
@@ -166,6 +172,7 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
   s->request = std::move(request);
   s->sink = std::move(sink);
   std::lock_guard<std::mutex> lock(mutex_);
+  if (!fault_.ok()) return fault_;
   if (draining_ || stop_) {
     return absl::UnavailableError("the server is shutting down and takes no new requests");
   }
@@ -194,7 +201,13 @@ EngineStats Engine::Stats() const {
   EngineStats s = stats_;
   s.waiting += static_cast<int64_t>(incoming_.size());
   s.draining = draining_;
+  s.failed = !fault_.ok();
   return s;
+}
+
+absl::Status Engine::Health() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return fault_;
 }
 
 void Engine::Shutdown(absl::Duration drain) {
@@ -332,6 +345,7 @@ void Engine::Step() {
   if (!status.ok()) {
     CMOE_LOG(ERROR) << "step of " << chunks.size() << " sequences failed: " << status;
     for (Sequence* s : owners) Finish(*s, FinishReason::kError, status);
+    if (absl::Status health = model_.model->backend().Health(); !health.ok()) Fail(health);
     return;
   }
   for (size_t i = 0; i < owners.size(); ++i) {
@@ -424,6 +438,23 @@ void Engine::Finish(Sequence& s, FinishReason reason, absl::Status status) {
     event.decode_seconds = SecondsBetween(s.first_token, now);
   }
   s.sink->OnFinish(event);
+}
+
+// The device is gone for this process (a sticky CUDA error): nothing can run any more.
+void Engine::Fail(const absl::Status& device_error) {
+  const absl::Status status = absl::UnavailableError(absl::StrCat(
+      "the device failed and this server must be restarted: ", device_error.message()));
+  CMOE_LOG(ERROR) << status;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    fault_ = status;  // from here Submit refuses, so nothing joins incoming_
+  }
+  // Stop serving before the clients hear of the failure (they may retry at once).
+  if (on_fault_) on_fault_(status);
+  TakeIncoming();
+  for (auto& s : running_) Finish(*s, FinishReason::kError, status);
+  for (auto& s : waiting_) Finish(*s, FinishReason::kError, status);
+  RemoveFinished();
 }
 
 void Engine::RemoveFinished() {

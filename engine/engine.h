@@ -58,15 +58,24 @@ struct EngineStats {
   int64_t kv_blocks_total = 0;
   int64_t steps = 0;
   bool draining = false;
+  bool failed = false;  // a sticky device error stopped the engine (see Engine::Health)
 };
 
 class Engine {
  public:
   // Takes the model, its cache and its tokenizer (needed for stop strings). InvalidArgument for
   // bad options or a model without a tokenizer.
+  //
+  // A step whose forward fails finishes its sequences with kError. When the backend then reports
+  // a sticky device error (Backend::Health), the engine fails for good: every running, waiting
+  // and queued request finishes with kError and an Unavailable status naming the device error,
+  // Submit answers that status from then on, Health() returns it, and `on_fault` is called once
+  // with it on the step thread before any of those requests hears of it (the server turns its
+  // health to NOT_SERVING there).
   static absl::StatusOr<std::unique_ptr<Engine>> Create(
       LoadedModel model, const EngineOptions& options,
-      std::function<void(const StepReport&)> on_step = nullptr);
+      std::function<void(const StepReport&)> on_step = nullptr,
+      std::function<void(const absl::Status&)> on_fault = nullptr);
   ~Engine();  // Shutdown(absl::ZeroDuration()) if not done
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -77,7 +86,7 @@ class Engine {
   // [0, kMaxTopLogprobs] (or set without logprobs), num_activated_experts out of range (or set
   // for a dense model), or a prompt plus max_new_tokens that could never fit in the KV cache;
   // ResourceExhausted when max_waiting requests already wait; Unavailable while draining or
-  // after Shutdown. On error the sink is never called.
+  // after Shutdown or a device failure. On error the sink is never called.
   absl::StatusOr<uint64_t> Submit(GenerationRequest request, std::shared_ptr<RequestSink> sink);
 
   // The request leaves the batch at the next step and its sink gets OnFinish(kCancelled).
@@ -89,6 +98,8 @@ class Engine {
   void Shutdown(absl::Duration drain);
 
   EngineStats Stats() const;
+  // OK, or the Unavailable status of the device failure that stopped the engine.
+  absl::Status Health() const;
   const Model& model() const { return *model_.model; }
   const Tokenizer& tokenizer() const { return *model_.tokenizer; }
 
@@ -96,7 +107,8 @@ class Engine {
   struct Sequence;
 
   Engine(LoadedModel model, const EngineOptions& options,
-         std::function<void(const StepReport&)> on_step);
+         std::function<void(const StepReport&)> on_step,
+         std::function<void(const absl::Status&)> on_fault);
   absl::Status Validate(const GenerationRequest& r) const;
   void Loop();
   void TakeIncoming();
@@ -106,10 +118,12 @@ class Engine {
   void Advance(Sequence& s, std::span<const float> logits);
   void Finish(Sequence& s, FinishReason reason, absl::Status status = absl::OkStatus());
   void RemoveFinished();
+  void Fail(const absl::Status& device_error);
 
   LoadedModel model_;
   const EngineOptions options_;
   std::function<void(const StepReport&)> on_step_;
+  std::function<void(const absl::Status&)> on_fault_;
 
   // Shared with Submit/Cancel/Stats callers, under mutex_.
   mutable std::mutex mutex_;
@@ -120,6 +134,7 @@ class Engine {
   uint64_t next_id_ = 1;
   bool draining_ = false;
   bool stop_ = false;
+  absl::Status fault_;  // set once by Fail
   EngineStats stats_;
 
   // Step thread only.

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <new>
+#include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace cmoe::engine {
 
@@ -44,11 +46,31 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
   cache->layer_stride_ =
       options.num_blocks * options.block_size * config.num_key_value_heads * config.head_dim;
   const int64_t floats = cache->layer_stride_ * config.num_hidden_layers;
-  cache->k_.reset(new (std::nothrow) float[static_cast<size_t>(floats)]);
-  cache->v_.reset(new (std::nothrow) float[static_cast<size_t>(floats)]);
-  if (cache->k_ == nullptr || cache->v_ == nullptr) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("KV cache: cannot allocate ", 2 * floats * 4, " bytes"));
+  if (options.memory != nullptr) {
+    const auto allocate = [&](kernels::Buffer& buffer) -> absl::Status {
+      absl::StatusOr<kernels::Buffer> b = options.memory->Allocate(floats * 4);
+      if (!b.ok()) {
+        return absl::ResourceExhaustedError(absl::StrCat("KV cache: cannot allocate ",
+                                                         2 * floats * 4, " bytes on ",
+                                                         std::string(options.memory->Name()),
+                                                         ": ", b.status().message()));
+      }
+      buffer = std::move(b).value();
+      return absl::OkStatus();
+    };
+    CMOE_RETURN_IF_ERROR(allocate(cache->device_k_));
+    CMOE_RETURN_IF_ERROR(allocate(cache->device_v_));
+    cache->k_ = cache->device_k_.as<float>();
+    cache->v_ = cache->device_v_.as<float>();
+  } else {
+    cache->host_k_.reset(new (std::nothrow) float[static_cast<size_t>(floats)]);
+    cache->host_v_.reset(new (std::nothrow) float[static_cast<size_t>(floats)]);
+    if (cache->host_k_ == nullptr || cache->host_v_ == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("KV cache: cannot allocate ", 2 * floats * 4, " bytes"));
+    }
+    cache->k_ = cache->host_k_.get();
+    cache->v_ = cache->host_v_.get();
   }
   cache->free_.reserve(static_cast<size_t>(options.num_blocks));
   for (int64_t b = options.num_blocks - 1; b >= 0; --b) {
@@ -58,8 +80,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
 }
 
 kernels::PagedKvLayer KvCache::Layer(int64_t layer) {
-  return kernels::PagedKvLayer{.k = k_.get() + layer * layer_stride_,
-                               .v = v_.get() + layer * layer_stride_,
+  return kernels::PagedKvLayer{.k = k_ + layer * layer_stride_,
+                               .v = v_ + layer * layer_stride_,
                                .num_blocks = num_blocks_,
                                .block_size = block_size_,
                                .n_kv_heads = n_kv_heads_,

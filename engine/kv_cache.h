@@ -26,6 +26,9 @@ namespace cmoe::engine {
 struct KvCacheOptions {
   int32_t block_size = 16;  // positions per block
   int64_t num_blocks = 0;   // blocks in the pool (shared by all sequences)
+  // Where the pool lives: null for host memory, else memory of this backend (a GPU's), which
+  // must outlive the cache.
+  kernels::Backend* memory = nullptr;
 };
 
 // The blocks one sequence holds and how many positions of them are in use.
@@ -78,8 +81,12 @@ class KvCache {
   // (layers, num_blocks * block_size, n_kv_heads, head_dim). Left uninitialised: a position is
   // always written before attention reads it, and untouched pages cost no memory, so a pool sized
   // for a full context only takes what sequences use.
-  std::unique_ptr<float[]> k_;
-  std::unique_ptr<float[]> v_;
+  std::unique_ptr<float[]> host_k_;
+  std::unique_ptr<float[]> host_v_;
+  kernels::Buffer device_k_;  // when options.memory is set
+  kernels::Buffer device_v_;
+  float* k_ = nullptr;
+  float* v_ = nullptr;
   std::vector<int32_t> free_;  // free block indices, used as a stack
 };
 

@@ -1,10 +1,12 @@
 #include "engine/model.h"
 
 #include <cmath>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "engine/model_device.h"
 
 namespace cmoe::engine {
 
@@ -23,7 +25,24 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(std::unique_ptr<Checkpoint>
   if (checkpoint == nullptr || backend == nullptr) {
     return absl::InvalidArgumentError("Model::Create: null checkpoint or backend");
   }
-  return std::unique_ptr<Model>(new Model(std::move(checkpoint), std::move(backend)));
+  std::unique_ptr<Model> model(new Model(std::move(checkpoint), std::move(backend)));
+  if (model->backend_->IsDevice()) {
+    model->device_ = std::make_unique<DeviceState>();
+    absl::StatusOr<DeviceWeights> uploaded = UploadModelWeights(
+        model->checkpoint_->weights(), model->config(), *model->backend_);
+    if (!uploaded.ok()) {
+      return Annotate(uploaded.status(), absl::StrCat("uploading the weights to ",
+                                                      std::string(model->backend_->Name())));
+    }
+    model->device_->weights = std::move(uploaded).value();
+  }
+  return model;
+}
+
+Model::~Model() = default;
+
+const ModelWeights& Model::weights() const {
+  return device_ != nullptr ? device_->weights.model : checkpoint_->weights();
 }
 
 namespace {
@@ -144,27 +163,33 @@ absl::Status Model::Validate(std::span<const SequenceChunk> chunks, const KvCach
   return absl::OkStatus();
 }
 
-void Model::Resize(int64_t rows, bool dense_ffn) {
+absl::Status Model::Resize(int64_t rows, bool dense_ffn) {
   const ModelConfig& c = config();
   const auto n = [rows](int64_t width) { return static_cast<size_t>(rows * width); };
   tokens_.resize(n(1));
   positions_.resize(n(1));
   slots_.resize(n(1));
-  x_.resize(n(c.hidden_size));
-  h_.resize(n(c.hidden_size));
-  q_.resize(n(c.num_attention_heads * c.head_dim));
-  k_.resize(n(c.num_key_value_heads * c.head_dim));
-  v_.resize(n(c.num_key_value_heads * c.head_dim));
-  attn_.resize(n(c.num_attention_heads * c.head_dim));
-  // The dense FFN's activations; carved layers and FFN overrides use their own.
-  gate_.resize(dense_ffn ? n(c.intermediate_size) : 0);
-  up_.resize(dense_ffn ? n(c.intermediate_size) : 0);
+  kernels::Backend& b = *backend_;
+  const auto floats = [rows](int64_t width) { return rows * width * 4; };
+  CMOE_RETURN_IF_ERROR(b.Reserve(x_, floats(c.hidden_size)));
+  CMOE_RETURN_IF_ERROR(b.Reserve(h_, floats(c.hidden_size)));
+  CMOE_RETURN_IF_ERROR(b.Reserve(q_, floats(c.num_attention_heads * c.head_dim)));
+  CMOE_RETURN_IF_ERROR(b.Reserve(k_, floats(c.num_key_value_heads * c.head_dim)));
+  CMOE_RETURN_IF_ERROR(b.Reserve(v_, floats(c.num_key_value_heads * c.head_dim)));
+  CMOE_RETURN_IF_ERROR(b.Reserve(attn_, floats(c.num_attention_heads * c.head_dim)));
+  // The host dense FFN's activations; carved layers, FFN overrides and devices use their own.
+  if (dense_ffn && device_ == nullptr) {
+    CMOE_RETURN_IF_ERROR(b.Reserve(gate_, floats(c.intermediate_size)));
+    CMOE_RETURN_IF_ERROR(b.Reserve(up_, floats(c.intermediate_size)));
+  }
+  return absl::OkStatus();
 }
 
-void Model::PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache, bool dense_ffn) {
+absl::Status Model::PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache,
+                             bool dense_ffn) {
   rows_ = 0;
   for (const SequenceChunk& s : chunks) rows_ += static_cast<int64_t>(s.tokens.size());
-  Resize(rows_, dense_ffn);
+  CMOE_RETURN_IF_ERROR(Resize(rows_, dense_ffn));
   sequences_.clear();
   int64_t row = 0;
   for (const SequenceChunk& s : chunks) {
@@ -180,49 +205,58 @@ void Model::PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache
                           .block_table = s.blocks->table});
     row += n;
   }
+  return absl::OkStatus();
 }
 
 absl::Status Model::AttentionBlock(int64_t layer, KvCache& cache) {
   const ModelConfig& c = config();
-  const LayerWeights& w = checkpoint_->weights().layers[layer];
+  const LayerWeights& w = weights().layers[layer];
   const auto theta = static_cast<float>(c.rope_theta);
   const auto hd = static_cast<int32_t>(c.head_dim);
   kernels::Backend& b = *backend_;
+  float* x = x_.as<float>();
+  float* h = h_.as<float>();
+  float* q = q_.as<float>();
+  float* k = k_.as<float>();
+  float* v = v_.as<float>();
+  CMOE_RETURN_IF_ERROR(b.RmsNorm(x, rows_, w.attn_norm, static_cast<float>(c.rms_norm_eps), h));
+  CMOE_RETURN_IF_ERROR(b.MatMul(h, rows_, w.wq, q, Accumulate::kNo));
+  CMOE_RETURN_IF_ERROR(b.MatMul(h, rows_, w.wk, k, Accumulate::kNo));
+  CMOE_RETURN_IF_ERROR(b.MatMul(h, rows_, w.wv, v, Accumulate::kNo));
   CMOE_RETURN_IF_ERROR(
-      b.RmsNorm(x_.data(), rows_, w.attn_norm, static_cast<float>(c.rms_norm_eps), h_.data()));
-  CMOE_RETURN_IF_ERROR(b.MatMul(h_.data(), rows_, w.wq, q_.data(), Accumulate::kNo));
-  CMOE_RETURN_IF_ERROR(b.MatMul(h_.data(), rows_, w.wk, k_.data(), Accumulate::kNo));
-  CMOE_RETURN_IF_ERROR(b.MatMul(h_.data(), rows_, w.wv, v_.data(), Accumulate::kNo));
+      b.Rope(q, positions_, static_cast<int32_t>(c.num_attention_heads), hd, theta));
   CMOE_RETURN_IF_ERROR(
-      b.Rope(q_.data(), positions_, static_cast<int32_t>(c.num_attention_heads), hd, theta));
-  CMOE_RETURN_IF_ERROR(
-      b.Rope(k_.data(), positions_, static_cast<int32_t>(c.num_key_value_heads), hd, theta));
+      b.Rope(k, positions_, static_cast<int32_t>(c.num_key_value_heads), hd, theta));
   const kernels::PagedKvLayer kv = cache.Layer(layer);
-  CMOE_RETURN_IF_ERROR(b.KvWrite(k_.data(), v_.data(), slots_, kv));
-  CMOE_RETURN_IF_ERROR(b.Attention({.q = q_.data(),
+  CMOE_RETURN_IF_ERROR(b.KvWrite(k, v, slots_, kv));
+  CMOE_RETURN_IF_ERROR(b.Attention({.q = q,
                                     .num_rows = rows_,
                                     .n_heads = static_cast<int32_t>(c.num_attention_heads),
                                     .scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim)),
                                     .sequences = sequences_,
                                     .cache = kv,
-                                    .out = attn_.data()}));
-  return b.MatMul(attn_.data(), rows_, w.wo, x_.data(), Accumulate::kYes);
+                                    .out = attn_.as<float>()}));
+  return b.MatMul(attn_.as<float>(), rows_, w.wo, x, Accumulate::kYes);
 }
 
 absl::Status Model::FfnBlock(int64_t layer, std::span<const SequenceChunk> chunks) {
   const ModelConfig& c = config();
-  const LayerWeights& w = checkpoint_->weights().layers[layer];
+  const LayerWeights& w = weights().layers[layer];
   kernels::Backend& b = *backend_;
-  CMOE_RETURN_IF_ERROR(
-      b.RmsNorm(x_.data(), rows_, w.ffn_norm, static_cast<float>(c.rms_norm_eps), h_.data()));
+  float* x = x_.as<float>();
+  float* h = h_.as<float>();
+  CMOE_RETURN_IF_ERROR(b.RmsNorm(x, rows_, w.ffn_norm, static_cast<float>(c.rms_norm_eps), h));
   stats_.neurons_dense += rows_ * c.intermediate_size;
-  if (w.moe.has_value()) return MoeFfn(layer, chunks);
-  stats_.neurons_computed += rows_ * c.intermediate_size;
-  CMOE_RETURN_IF_ERROR(b.MatMul(h_.data(), rows_, w.w_gate, gate_.data(), Accumulate::kNo));
-  CMOE_RETURN_IF_ERROR(b.MatMul(h_.data(), rows_, w.w_up, up_.data(), Accumulate::kNo));
-  CMOE_RETURN_IF_ERROR(
-      b.SiluMul(gate_.data(), up_.data(), rows_ * c.intermediate_size, gate_.data()));
-  return b.MatMul(gate_.data(), rows_, w.w_down, x_.data(), Accumulate::kYes);
+  const bool carved = checkpoint_->weights().layers[layer].moe.has_value();
+  if (!carved) stats_.neurons_computed += rows_ * c.intermediate_size;
+  if (device_ != nullptr) return DeviceFfn(layer, chunks);
+  if (carved) return MoeFfn(layer, chunks);
+  float* gate = gate_.as<float>();
+  float* up = up_.as<float>();
+  CMOE_RETURN_IF_ERROR(b.MatMul(h, rows_, w.w_gate, gate, Accumulate::kNo));
+  CMOE_RETURN_IF_ERROR(b.MatMul(h, rows_, w.w_up, up, Accumulate::kNo));
+  CMOE_RETURN_IF_ERROR(b.SiluMul(gate, up, rows_ * c.intermediate_size, gate));
+  return b.MatMul(gate, rows_, w.w_down, x, Accumulate::kYes);
 }
 
 // Consecutive chunks with the same number of routed experts share one MoeLayer pass over their
@@ -246,10 +280,10 @@ absl::Status Model::MoeFfn(int64_t layer, std::span<const SequenceChunk> chunks)
     size_t j = i;
     for (; j < chunks.size() && k_of(j) == k; ++j) rows += sequences_[j].num_tokens;
     CMOE_RETURN_IF_ERROR(moe_.Forward(*backend_, w,
-                                      {.h = h_.data() + first_row * d,
+                                      {.h = h_.as<float>() + first_row * d,
                                        .num_tokens = rows,
                                        .num_activated = k,
-                                       .x = x_.data() + first_row * d},
+                                       .x = x_.as<float>() + first_row * d},
                                       &moe_stats_));
     stats_.neurons_computed += moe_stats_.neurons_computed;
     for (int32_t e = 0; e < n_r; ++e) counts[e] += moe_stats_.tokens_per_expert[e];
@@ -258,36 +292,56 @@ absl::Status Model::MoeFfn(int64_t layer, std::span<const SequenceChunk> chunks)
   return absl::OkStatus();
 }
 
+// The final norm over the step's rows, then the LM head on the rows that need logits as a
+// one-group GroupedMatMul whose row index gathers them (no copy of the rows).
 absl::Status Model::LmHead(std::span<const SequenceChunk> chunks, ForwardOutput& out) {
   const ModelConfig& c = config();
-  const int64_t d = c.hidden_size;
   out.vocab = c.vocab_size;
   out.first_row.clear();
   out.num_rows.clear();
-  int64_t rows = 0;
-  for (const SequenceChunk& s : chunks) {
-    out.first_row.push_back(rows);
-    out.num_rows.push_back(s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1);
-    rows += out.num_rows.back();
-  }
-  last_.resize(static_cast<size_t>(rows * d));
+  lm_index_.clear();
   for (size_t i = 0; i < chunks.size(); ++i) {
+    out.first_row.push_back(static_cast<int64_t>(lm_index_.size()));
+    out.num_rows.push_back(chunks[i].all_logits ? static_cast<int64_t>(chunks[i].tokens.size())
+                                                : 1);
     // Rows of chunk i end at sequences_[i].first_row + num_tokens; take its last num_rows rows.
     const int64_t src = sequences_[i].first_row + sequences_[i].num_tokens - out.num_rows[i];
-    std::copy(x_.begin() + src * d, x_.begin() + (src + out.num_rows[i]) * d,
-              last_.begin() + out.first_row[i] * d);
+    for (int64_t r = 0; r < out.num_rows[i]; ++r) {
+      lm_index_.push_back(static_cast<int32_t>(src + r));
+    }
   }
-  const ModelWeights& w = checkpoint_->weights();
-  CMOE_RETURN_IF_ERROR(backend_->RmsNorm(last_.data(), rows, w.final_norm,
-                                         static_cast<float>(c.rms_norm_eps), last_.data()));
+  const auto rows = static_cast<int64_t>(lm_index_.size());
+  lm_index_.push_back(0);  // the one group's offsets: {0, rows}
+  lm_index_.push_back(static_cast<int32_t>(rows));
+  kernels::Backend& b = *backend_;
+  const auto index_bytes = static_cast<int64_t>(lm_index_.size() * sizeof(int32_t));
+  CMOE_RETURN_IF_ERROR(b.Reserve(lm_rows_, index_bytes));
+  CMOE_RETURN_IF_ERROR(b.CopyToBackend(lm_rows_.data(), lm_index_.data(), index_bytes));
+  const ModelWeights& w = weights();
+  CMOE_RETURN_IF_ERROR(b.RmsNorm(x_.as<float>(), rows_, w.final_norm,
+                                 static_cast<float>(c.rms_norm_eps), h_.as<float>()));
   out.logits.resize(static_cast<size_t>(rows * c.vocab_size));
-  return backend_->MatMul(last_.data(), rows, w.lm_head, out.logits.data(), Accumulate::kNo);
+  const int64_t logit_bytes = rows * c.vocab_size * 4;
+  if (device_ != nullptr) CMOE_RETURN_IF_ERROR(b.Reserve(logits_, logit_bytes));
+  float* logits = device_ != nullptr ? logits_.as<float>() : out.logits.data();
+  CMOE_RETURN_IF_ERROR(b.GroupedMatMul({.x = h_.as<float>(),
+                                        .row_index = lm_rows_.as<int32_t>(),
+                                        .num_rows = rows,
+                                        .offsets = lm_rows_.as<int32_t>() + rows,
+                                        .w = {.data = w.lm_head.data,
+                                              .dtype = w.lm_head.dtype,
+                                              .groups = 1,
+                                              .rows = w.lm_head.rows,
+                                              .cols = w.lm_head.cols},
+                                        .y = logits}));
+  if (device_ == nullptr) return absl::OkStatus();
+  return b.CopyToHost(out.logits.data(), logits, logit_bytes);
 }
 
 absl::Status Model::Begin(std::span<const SequenceChunk> chunks, KvCache& cache, bool dense_ffn) {
   stats_ = FfnStepStats{};
   CMOE_RETURN_IF_ERROR(Validate(chunks, cache));
-  PlanStep(chunks, cache, dense_ffn);
+  CMOE_RETURN_IF_ERROR(PlanStep(chunks, cache, dense_ffn));
   const ModelConfig& c = config();
   stats_.tokens = rows_;
   if (c.cmoe.has_value()) {
@@ -295,7 +349,8 @@ absl::Status Model::Begin(std::span<const SequenceChunk> chunks, KvCache& cache,
     stats_.tokens_per_expert.assign(static_cast<size_t>(c.num_hidden_layers * stats_.num_routed),
                                     0);
   }
-  return backend_->Embedding(checkpoint_->weights().embed, tokens_, x_.data());
+  if (device_ != nullptr) CMOE_RETURN_IF_ERROR(DeviceBeginStep(chunks));
+  return backend_->Embedding(weights().embed, tokens_, x_.as<float>());
 }
 
 absl::Status Model::Forward(std::span<const SequenceChunk> chunks, KvCache& cache,
@@ -305,21 +360,26 @@ absl::Status Model::Forward(std::span<const SequenceChunk> chunks, KvCache& cach
     CMOE_RETURN_IF_ERROR(AttentionBlock(layer, cache));
     CMOE_RETURN_IF_ERROR(FfnBlock(layer, chunks));
   }
-  return LmHead(chunks, out);
+  CMOE_RETURN_IF_ERROR(LmHead(chunks, out));
+  return device_ != nullptr ? DeviceFinishStep() : absl::OkStatus();
 }
 
 absl::Status Model::ForwardWithFfn(std::span<const SequenceChunk> chunks, KvCache& cache,
                                    const FfnOverride& ffn) {
+  if (device_ != nullptr) {
+    return absl::FailedPreconditionError(
+        "ForwardWithFfn (carving calibration) runs on a CPU backend, not on a device");
+  }
   CMOE_RETURN_IF_ERROR(Begin(chunks, cache, /*dense_ffn=*/false));
   const ModelConfig& c = config();
   const int64_t n = rows_ * c.hidden_size;
   for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
     CMOE_RETURN_IF_ERROR(AttentionBlock(layer, cache));
     const LayerWeights& w = checkpoint_->weights().layers[layer];
-    CMOE_RETURN_IF_ERROR(backend_->RmsNorm(x_.data(), rows_, w.ffn_norm,
-                                           static_cast<float>(c.rms_norm_eps), h_.data()));
-    CMOE_RETURN_IF_ERROR(ffn(layer, {h_.data(), static_cast<size_t>(n)}, rows_,
-                             {x_.data(), static_cast<size_t>(n)}));
+    CMOE_RETURN_IF_ERROR(backend_->RmsNorm(x_.as<float>(), rows_, w.ffn_norm,
+                                           static_cast<float>(c.rms_norm_eps), h_.as<float>()));
+    CMOE_RETURN_IF_ERROR(ffn(layer, {h_.as<float>(), static_cast<size_t>(n)}, rows_,
+                             {x_.as<float>(), static_cast<size_t>(n)}));
   }
   return absl::OkStatus();
 }

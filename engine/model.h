@@ -10,6 +10,13 @@
 //
 // Not thread-safe: one thread (the engine's step thread) calls Forward at a time. The model owns
 // its checkpoint (weights stay memory-mapped) and its backend.
+//
+// On a device backend (Backend::IsDevice, e.g. CUDA) the weights are uploaded at Create
+// (engine/device_weights.h), activations and the KV cache live on the device (the cache must be
+// made with KvCacheOptions::memory = &backend()), and the FFNs run the fused device path of
+// kernels/moe_ops.h: routing, dispatch and the experts' grouped matmuls without host round
+// trips. Only the logits and the step's per-expert counts come back. ForwardWithFfn (carving) is
+// host-only.
 #ifndef CMOE_ENGINE_MODEL_H_
 #define CMOE_ENGINE_MODEL_H_
 
@@ -70,6 +77,7 @@ class Model {
  public:
   static absl::StatusOr<std::unique_ptr<Model>> Create(std::unique_ptr<Checkpoint> checkpoint,
                                                        std::unique_ptr<kernels::Backend> backend);
+  ~Model();
 
   // Runs one step. Validates chunks (token ids in the vocabulary, positions within the context,
   // blocks covering the positions) before touching the cache; on error nothing is written.
@@ -78,6 +86,7 @@ class Model {
   // Forward without the LM head, with every layer's FFN replaced by `ffn` (called in layer order
   // after the layer's attention block and post-attention norm). Carving runs calibration tokens
   // through this: layer l's FFN input comes from layers 0..l-1 as already carved.
+  // FailedPrecondition on a device backend.
   absl::Status ForwardWithFfn(std::span<const SequenceChunk> chunks, KvCache& cache,
                               const FfnOverride& ffn);
 
@@ -100,16 +109,26 @@ class Model {
   int64_t MatmulFlopsPerToken(int32_t k = 0) const;
 
  private:
+  struct DeviceState;  // engine/model_device.h
+
   Model(std::unique_ptr<Checkpoint> checkpoint, std::unique_ptr<kernels::Backend> backend);
 
+  // The weights the backend reads: the checkpoint's, or their device copies.
+  const ModelWeights& weights() const;
+
   absl::Status Validate(std::span<const SequenceChunk> chunks, const KvCache& cache) const;
-  void PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache, bool dense_ffn);
+  absl::Status PlanStep(std::span<const SequenceChunk> chunks, const KvCache& cache,
+                        bool dense_ffn);
   absl::Status AttentionBlock(int64_t layer, KvCache& cache);
   absl::Status FfnBlock(int64_t layer, std::span<const SequenceChunk> chunks);
   absl::Status MoeFfn(int64_t layer, std::span<const SequenceChunk> chunks);
   absl::Status Begin(std::span<const SequenceChunk> chunks, KvCache& cache, bool dense_ffn);
   absl::Status LmHead(std::span<const SequenceChunk> chunks, ForwardOutput& out);
-  void Resize(int64_t rows, bool dense_ffn);
+  absl::Status Resize(int64_t rows, bool dense_ffn);
+  // engine/model_device.cc: the FFN of a device backend, and the step's counts brought back.
+  absl::Status DeviceFfn(int64_t layer, std::span<const SequenceChunk> chunks);
+  absl::Status DeviceBeginStep(std::span<const SequenceChunk> chunks);
+  absl::Status DeviceFinishStep();
 
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<kernels::Backend> backend_;
@@ -120,18 +139,22 @@ class Model {
   std::vector<int32_t> positions_;  // (T)
   std::vector<int32_t> slots_;      // (T)
   std::vector<kernels::AttentionSequence> sequences_;
-  std::vector<float> x_;     // (T, d) residual stream
-  std::vector<float> h_;     // (T, d) normed input of a block
-  std::vector<float> q_;     // (T, H * hd)
-  std::vector<float> k_;     // (T, KV * hd)
-  std::vector<float> v_;     // (T, KV * hd)
-  std::vector<float> attn_;  // (T, H * hd)
-  std::vector<float> gate_;  // (T, f)
-  std::vector<float> up_;    // (T, f)
-  std::vector<float> last_;  // (R, d) rows that need logits
-  MoeLayer moe_;             // carved layers' routing/dispatch workspace
+  // Activations in the backend's memory (f32), grown to the largest step.
+  kernels::Buffer x_;     // (T, d) residual stream
+  kernels::Buffer h_;     // (T, d) normed input of a block
+  kernels::Buffer q_;     // (T, H * hd)
+  kernels::Buffer k_;     // (T, KV * hd)
+  kernels::Buffer v_;     // (T, KV * hd)
+  kernels::Buffer attn_;  // (T, H * hd)
+  kernels::Buffer gate_;  // (T, f) host dense FFN
+  kernels::Buffer up_;    // (T, f) host dense FFN
+  kernels::Buffer lm_rows_;     // (R + 2) int32: the rows that need logits, then offsets {0, R}
+  kernels::Buffer logits_;      // (R, vocab) device backends: the logits before the copy back
+  std::vector<int32_t> lm_index_;  // host copy of lm_rows_
+  MoeLayer moe_;  // host backends: carved layers' routing/dispatch workspace
   MoeStepStats moe_stats_;
   FfnStepStats stats_;
+  std::unique_ptr<DeviceState> device_;  // device backends only
 };
 
 }  // namespace cmoe::engine

@@ -33,8 +33,12 @@ absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
   const int64_t tokens =
       options.kv_cache_tokens > 0 ? options.kv_cache_tokens : config.max_position_embeddings;
   const int64_t blocks = (tokens + options.kv_block_size - 1) / options.kv_block_size;
-  CMOE_ASSIGN_OR_RETURN(loaded.cache, KvCache::Create(config, {.block_size = options.kv_block_size,
-                                                               .num_blocks = blocks}));
+  kernels::Backend& backend_ref = loaded.model->backend();
+  CMOE_ASSIGN_OR_RETURN(
+      loaded.cache,
+      KvCache::Create(config, {.block_size = options.kv_block_size,
+                               .num_blocks = blocks,
+                               .memory = backend_ref.IsDevice() ? &backend_ref : nullptr}));
   return loaded;
 }
 

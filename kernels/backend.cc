@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -44,6 +45,15 @@ absl::StatusOr<Buffer> Backend::Allocate(int64_t bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("Allocate: ", bytes, " bytes of host memory"));
   }
   return Buffer(data, bytes, &FreeHost, nullptr);
+}
+
+absl::Status Backend::Reserve(Buffer& buffer, int64_t bytes) {
+  if (buffer.bytes() >= bytes) return absl::OkStatus();
+  buffer.Reset();  // free first: device memory may not hold both
+  absl::StatusOr<Buffer> grown = Allocate(bytes);
+  if (!grown.ok()) return grown.status();
+  buffer = std::move(grown).value();
+  return absl::OkStatus();
 }
 
 absl::Status Backend::CopyToBackend(void* dst, const void* src, int64_t bytes) {

@@ -49,6 +49,7 @@ ABSL_FLAG(std::string, model_name, "",
           "Name reported by GetModelInfo (default: the model directory's base name)");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "Port to listen on (0: pick a free port)");
+ABSL_FLAG(std::string, device, "cpu", "Backend: cpu | reference | cuda[:N]");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the model (0: all cores)");
 ABSL_FLAG(int64_t, max_batch_tokens, 512, "Tokens per engine step (decodes + prefill chunks)");
 ABSL_FLAG(int64_t, max_running, 64, "Sequences in the batch");
@@ -242,15 +243,22 @@ absl::Status Run() {
 
   absl::StatusOr<engine::LoadedModel> loaded =
       engine::LoadModel({.model_dir = model_dir,
-                         .device = "cpu",
+                         .device = absl::GetFlag(FLAGS_device),
                          .threads = absl::GetFlag(FLAGS_threads),
                          .kv_cache_tokens = kv_tokens});
   std::function<void(const engine::StepReport&)> on_step;
   if (metrics != nullptr) {
     on_step = [m = metrics.get()](const engine::StepReport& report) { m->OnStep(report); };
   }
+  // A sticky device error stops the engine for good: stop serving so that probes fail and
+  // Kubernetes restarts the pod (the engine has already failed every request).
+  auto on_fault = [s = server.get(), m = metrics.get()](const absl::Status& status) {
+    CMOE_LOG(ERROR) << "NOT_SERVING: " << status;
+    SetServing(*s, m, false);
+  };
   absl::StatusOr<std::unique_ptr<engine::Engine>> engine =
-      loaded.ok() ? engine::Engine::Create(std::move(*loaded), engine_options, std::move(on_step))
+      loaded.ok() ? engine::Engine::Create(std::move(*loaded), engine_options, std::move(on_step),
+                                           std::move(on_fault))
                   : absl::StatusOr<std::unique_ptr<engine::Engine>>(loaded.status());
   if (!engine.ok()) {
     server->Shutdown(std::chrono::system_clock::now());
@@ -261,6 +269,8 @@ absl::Status Run() {
   std::unique_ptr<StatsPoller> poller;
   if (metrics != nullptr) poller = std::make_unique<StatsPoller>(**engine, *metrics);
   SetServing(*server, metrics.get(), true);
+  // A device failure during the first requests may have run on_fault before the line above.
+  if (!(*engine)->Health().ok()) SetServing(*server, metrics.get(), false);
   CMOE_LOG(INFO) << "serving " << name << " (kv cache " << kv_tokens << " tokens, max running "
                  << engine_options.max_running << ", max batch tokens "
                  << engine_options.max_batch_tokens << ")";

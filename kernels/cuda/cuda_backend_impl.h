@@ -23,7 +23,9 @@ namespace cmoe::kernels::cuda {
 // several at once but never two calls' worth of the same one (ops are queued in order on one
 // stream, so reuse by the next op is safe).
 enum class Scratch : int {
-  kIds,        // int32 uploads of host spans (ids, positions, slots)
+  kIds,        // Embedding: token ids
+  kPositions,  // Rope: positions
+  kSlots,      // KvWrite: cache slots
   kTables,     // attention: sequences + block tables
   kCastX,      // cuBLAS: x rounded to the weight dtype
   kCastY,      // cuBLAS: y in the weight dtype before widening, when needed
@@ -82,7 +84,9 @@ class CudaBackend final : public Backend {
   absl::StatusOr<void*> ScratchSpace(Scratch which, int64_t bytes);
   // Copies a host int32 span to scratch `which` and returns the device pointer (null for an empty
   // span). The host span may be reused at once: an asynchronous copy from pageable memory
-  // returns after the driver has staged it.
+  // returns after the driver has staged it. The step's metadata (positions, slots, block tables)
+  // is the same for every layer: when the bytes equal the last upload to `which`, no copy is
+  // made and the device copy is reused (one upload per kind per step, not per layer).
   absl::StatusOr<const int32_t*> UploadInts(std::span<const int32_t> host, Scratch which);
   // As UploadInts for raw bytes.
   absl::StatusOr<void*> UploadBytes(const void* host, int64_t bytes, Scratch which);
@@ -91,6 +95,7 @@ class CudaBackend final : public Backend {
   struct Area {
     void* device = nullptr;
     int64_t bytes = 0;
+    std::vector<char> uploaded;  // host bytes of the last UploadBytes into this area
   };
 
   int device_;

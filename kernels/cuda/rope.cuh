@@ -6,11 +6,11 @@
 
 #include <cstdint>
 
-
-
 namespace cmoe::kernels::cuda {
 
-// x: (rows, n_heads, head_dim) f32 device, read/written; positions: (rows) int32 device.
+// x: (rows, n_heads, head_dim) f32 device, read/written; positions: (rows) int32 device. Launches
+// nothing when rows, n_heads or head_dim is 0; cudaErrorInvalidValue for a negative size or an
+// odd head_dim; otherwise cudaGetLastError() after the launch.
 cudaError_t LaunchRope(float* x, const int32_t* positions, int64_t rows, int32_t n_heads,
                        int32_t head_dim, float theta, cudaStream_t stream);
 

@@ -6,11 +6,13 @@
 
 #include <cstdint>
 
-
-
 namespace cmoe::kernels::cuda {
 
-// out = silu(gate) * up over count floats (device); out may alias gate or up.
+// Both launch nothing for an empty input, return cudaErrorInvalidValue for a negative size and
+// otherwise cudaGetLastError() after the launch. Pointers need no alignment (aligned ones take the
+// float4 path).
+//
+// out = silu(gate) * up over count floats (device); out may alias gate or up (exactly).
 cudaError_t LaunchSiluMul(const float* gate, const float* up, int64_t count, float* out,
                           cudaStream_t stream);
 // out[r, i] = silu(gate_up[r, i]) * gate_up[r, width + i]; gate_up (rows, 2 width), out (rows,
