@@ -1,0 +1,306 @@
+// CudaBackend::Attention (kernels/cuda/attention.cu) against the reference backend: decode rows,
+// prefill chunks and mixed batches over GQA ratios 1-32, head_dim 8 to 512 (odd ones too: the
+// interface does not need an even head_dim), block sizes 1 and 16, contexts crossing block
+// boundaries and long enough to take every warps-per-block choice, scattered block tables with
+// unused trailing entries, rows no sequence covers (they must keep their sentinels) and bad inputs
+// (InvalidArgument with nothing written).
+//
+// Tolerance (kAttentionTolerance): max NMSE 1e-9 and per element |got - want| <= 1e-5 + 1e-4 *
+// |want|. The reference works in double; the kernel computes f32 dot products (lane partial sums
+// then a butterfly), an online softmax in the exp2 domain (exp2f: 2 ulp; the scale folded into q)
+// whose partial sums are merged across warps, and normalises once at the end. Each step costs a
+// few f32 ulps relative (about 1e-7 each, ~1e-6 over a long context), two orders of magnitude
+// below rtol; atol covers output elements near zero (outputs are weighted averages of values in
+// [-1, 1]). The NMSE bound is kF32Tolerance's 1e-10 loosened tenfold for the sharp-softmax case,
+// where an ulp of a score near 10 (~1e-6) becomes a relative error of the weights.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/reference_backend.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+
+namespace cmoe::kernels::cuda::testing {
+namespace {
+
+constexpr Tolerance kAttentionTolerance{.max_nmse = 1e-9, .atol = 1e-5, .rtol = 1e-4};
+
+struct Shape {
+  int32_t n_heads;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  int32_t block_size;
+  float scale_factor = 1.0f;  // scale = scale_factor / sqrt(head_dim)
+};
+
+struct SeqSpec {
+  int64_t first_row;
+  int64_t num_tokens;
+  int64_t context_len;
+};
+
+// One attention step on the host: a random cache, random queries, block tables drawn from a
+// shuffled pool (every other table carries an unused trailing entry outside the cache).
+struct HostCase {
+  Shape shape;
+  int64_t num_rows = 0;
+  int64_t num_blocks = 0;
+  std::vector<float> q, k, v;
+  std::vector<std::vector<int32_t>> tables;
+  std::vector<AttentionSequence> seqs;  // block_table views into `tables`
+
+  AttentionParams Params(float* q_data, float* k_data, float* v_data, float* out) const {
+    return {.q = q_data,
+            .num_rows = num_rows,
+            .n_heads = shape.n_heads,
+            .scale = shape.scale_factor / std::sqrt(static_cast<float>(shape.head_dim)),
+            .sequences = seqs,
+            .cache = {.k = k_data,
+                      .v = v_data,
+                      .num_blocks = num_blocks,
+                      .block_size = shape.block_size,
+                      .n_kv_heads = shape.n_kv_heads,
+                      .head_dim = shape.head_dim},
+            .out = out};
+  }
+  int64_t RowFloats() const { return static_cast<int64_t>(shape.n_heads) * shape.head_dim; }
+  bool Covered(int64_t row) const {
+    return std::any_of(seqs.begin(), seqs.end(), [row](const AttentionSequence& s) {
+      return row >= s.first_row && row < s.first_row + s.num_tokens;
+    });
+  }
+};
+
+HostCase MakeCase(const Shape& shape, int64_t num_rows, const std::vector<SeqSpec>& specs,
+                  std::mt19937& rng) {
+  HostCase c;
+  c.shape = shape;
+  c.num_rows = num_rows;
+  for (const SeqSpec& s : specs) {
+    c.num_blocks += (s.context_len + shape.block_size - 1) / shape.block_size;
+  }
+  c.num_blocks += 5;  // blocks no sequence uses
+  std::vector<int32_t> pool(static_cast<size_t>(c.num_blocks));
+  for (size_t i = 0; i < pool.size(); ++i) pool[i] = static_cast<int32_t>(i);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  size_t next = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto blocks =
+        static_cast<size_t>((specs[i].context_len + shape.block_size - 1) / shape.block_size);
+    c.tables.emplace_back(pool.begin() + next, pool.begin() + next + blocks);
+    next += blocks;
+    if (i % 2 == 1) c.tables.back().push_back(static_cast<int32_t>(c.num_blocks) + 7);
+  }
+  for (size_t i = 0; i < specs.size(); ++i) {
+    c.seqs.push_back({.first_row = specs[i].first_row,
+                      .num_tokens = specs[i].num_tokens,
+                      .context_len = specs[i].context_len,
+                      .block_table = c.tables[i]});
+  }
+  const int64_t cache_floats =
+      c.num_blocks * shape.block_size * shape.n_kv_heads * static_cast<int64_t>(shape.head_dim);
+  c.k = RandomFloats(cache_floats, rng);
+  c.v = RandomFloats(cache_floats, rng);
+  c.q = RandomFloats(num_rows * c.RowFloats(), rng, -2.0f, 2.0f);
+  return c;
+}
+
+std::string Describe(const Shape& s) {
+  return absl::StrCat("heads ", s.n_heads, "/", s.n_kv_heads, " head_dim ", s.head_dim, " block ",
+                      s.block_size, " scale x", s.scale_factor);
+}
+
+// Runs the case on the reference and on `gpu` and compares covered rows; uncovered rows and the
+// guards around the output must keep their sentinels.
+void ExpectMatchesReference(Backend& gpu, HostCase& c, const std::string& what) {
+  const int64_t row_floats = c.RowFloats();
+  std::vector<float> want(static_cast<size_t>(c.num_rows * row_floats), Sentinel<float>());
+  const std::unique_ptr<Backend> reference = cpu::MakeReferenceBackend();
+  ASSERT_TRUE(reference->Attention(c.Params(c.q.data(), c.k.data(), c.v.data(), want.data())).ok())
+      << what;
+
+  GuardedDeviceArray<float> q(gpu, c.q), k(gpu, c.k), v(gpu, c.v);
+  GuardedDeviceArray<float> out(gpu, c.num_rows * row_floats);
+  const absl::Status status = gpu.Attention(c.Params(q.data(), k.data(), v.data(), out.data()));
+  ASSERT_TRUE(status.ok()) << what << ": " << status;
+  const std::vector<float> got = out.Download();
+  for (int64_t row = 0; row < c.num_rows; ++row) {
+    const std::span<const float> got_row(got.data() + row * row_floats,
+                                         static_cast<size_t>(row_floats));
+    if (!c.Covered(row)) {
+      EXPECT_TRUE(std::all_of(got_row.begin(), got_row.end(), IsSentinel<float>))
+          << what << ": uncovered row " << row << " was written";
+      continue;
+    }
+    ExpectClose(got_row, std::span<const float>(want).subspan(row * row_floats, row_floats),
+                kAttentionTolerance, absl::StrCat(what, " row ", row));
+    if (::testing::Test::HasFailure()) return;  // one bad row tells enough
+  }
+}
+
+// Query-head / kv-head pairs with GQA ratios 1, 2, 4 and 8.
+constexpr int32_t kHeads[][2] = {{4, 4}, {8, 4}, {8, 2}, {16, 2}};
+
+TEST(CudaAttention, DecodeOnly) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(101);
+  // One token each, rows out of sequence order, rows 4 and 7 uncovered.
+  const std::vector<SeqSpec> specs = {{3, 1, 1},  {0, 1, 16},  {5, 1, 17},
+                                      {1, 1, 45}, {6, 1, 100}, {2, 1, 3}};
+  for (const auto& [n_heads, n_kv] : kHeads) {
+    for (int32_t head_dim : {8, 33, 64, 128}) {
+      for (int32_t block_size : {1, 16}) {
+        const Shape shape{n_heads, n_kv, head_dim, block_size};
+        HostCase c = MakeCase(shape, 8, specs, rng);
+        ExpectMatchesReference(*gpu, c, "decode " + Describe(shape));
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+TEST(CudaAttention, PrefillOnly) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(202);
+  // Whole prompts (num_tokens == context_len); row 8 uncovered.
+  const std::vector<SeqSpec> specs = {{0, 7, 7}, {7, 1, 1}, {9, 37, 37}, {46, 16, 16}};
+  for (const auto& [n_heads, n_kv] : kHeads) {
+    for (int32_t head_dim : {8, 48, 64, 128}) {
+      for (int32_t block_size : {1, 16}) {
+        const Shape shape{n_heads, n_kv, head_dim, block_size};
+        HostCase c = MakeCase(shape, 62, specs, rng);
+        ExpectMatchesReference(*gpu, c, "prefill " + Describe(shape));
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+TEST(CudaAttention, MixedBatchWithContinuedChunk) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(303);
+  // A fresh 7-token prompt, a decode row at context 45, a 5-token chunk continuing a context of
+  // 25 and a sequence with no rows this step; rows 7, 14 and 15 uncovered.
+  const std::vector<SeqSpec> specs = {{0, 7, 7}, {8, 1, 45}, {9, 5, 30}, {14, 0, 10}};
+  const int32_t heads[][2] = {{8, 4}, {4, 1}, {2, 2}, {32, 1}, {6, 2}, {24, 3}};
+  for (const auto& [n_heads, n_kv] : heads) {
+    for (int32_t head_dim : {33, 36, 64, 256}) {
+      for (int32_t block_size : {1, 16}) {
+        const Shape shape{n_heads, n_kv, head_dim, block_size};
+        HostCase c = MakeCase(shape, 16, specs, rng);
+        ExpectMatchesReference(*gpu, c, "mixed " + Describe(shape));
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+TEST(CudaAttention, LargeAndOddHeadDims) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(404);
+  const std::vector<SeqSpec> specs = {{0, 3, 20}, {3, 1, 33}};
+  for (int32_t head_dim : {1, 31, 65, 96, 129, 192, 300, 512}) {
+    for (const auto& [n_heads, n_kv] : {std::pair{4, 2}, std::pair{8, 1}}) {
+      const Shape shape{n_heads, n_kv, head_dim, 16};
+      HostCase c = MakeCase(shape, 5, specs, rng);
+      ExpectMatchesReference(*gpu, c, "head dims " + Describe(shape));
+      if (HasFailure()) return;
+    }
+  }
+}
+
+// The launcher picks 16 warps per block for a few long rows, 8 for medium ones and 4 when the
+// grid is large; each choice merges its warps' partial softmax states differently.
+TEST(CudaAttention, LongContextsAndLargeGrids) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(505);
+  struct Case {
+    Shape shape;
+    int64_t num_rows;
+    std::vector<SeqSpec> specs;
+  };
+  const std::vector<Case> cases = {
+      // Llama-2-7B decode (32 / 32 heads, head_dim 128), batch 1: 16 warps; batch 2: 8 warps.
+      {{32, 32, 128, 16}, 2, {{1, 1, 1500}}},
+      {{32, 32, 128, 16}, 2, {{0, 1, 1500}, {1, 1, 1029}}},
+      {{8, 8, 128, 16}, 3, {{0, 1, 1100}, {1, 1, 2500}, {2, 1, 37}}},
+      // Medium contexts, small grid: 8 warps.
+      {{8, 2, 64, 16}, 4, {{0, 1, 300}, {1, 1, 700}, {2, 1, 260}, {3, 1, 5}}},
+      // A 300-token chunk continuing a context of 200 beside a long decode row: 4 warps.
+      {{8, 2, 64, 16}, 302, {{1, 300, 500}, {301, 1, 900}}},
+      {{16, 16, 64, 1}, 130, {{0, 128, 128}, {128, 1, 513}}},
+  };
+  for (const Case& k : cases) {
+    HostCase c = MakeCase(k.shape, k.num_rows, k.specs, rng);
+    ExpectMatchesReference(*gpu, c, "long " + Describe(k.shape));
+    if (HasFailure()) return;
+  }
+}
+
+// Scale 4 / sqrt(head_dim): scores spread ~2.7 with peaks near 10, so the running maximum moves
+// often and a few positions dominate each output.
+TEST(CudaAttention, SharpSoftmax) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(606);
+  const std::vector<SeqSpec> specs = {{0, 9, 200}, {9, 1, 77}};
+  for (int32_t head_dim : {8, 64, 128}) {
+    const Shape shape{8, 2, head_dim, 16, 4.0f};
+    HostCase c = MakeCase(shape, 10, specs, rng);
+    ExpectMatchesReference(*gpu, c, "sharp " + Describe(shape));
+    if (HasFailure()) return;
+  }
+}
+
+TEST(CudaAttention, NothingToDoWritesNothing) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(707);
+  const Shape shape{8, 2, 64, 16};
+  for (const bool no_sequences : {true, false}) {
+    HostCase c = MakeCase(shape, 4, {{0, 0, 10}, {2, 0, 0}}, rng);
+    if (no_sequences) c.seqs.clear();
+    GuardedDeviceArray<float> q(*gpu, c.q), k(*gpu, c.k), v(*gpu, c.v);
+    GuardedDeviceArray<float> out(*gpu, c.num_rows * c.RowFloats());
+    EXPECT_TRUE(gpu->Attention(c.Params(q.data(), k.data(), v.data(), out.data())).ok());
+    const std::vector<float> got = out.Download();
+    EXPECT_TRUE(std::all_of(got.begin(), got.end(), IsSentinel<float>)) << no_sequences;
+  }
+}
+
+TEST(CudaAttention, RejectsBadInputsAndWritesNothing) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(808);
+  const std::vector<SeqSpec> specs = {{0, 7, 7}, {8, 1, 45}, {9, 5, 30}};
+  for (int which = 0; which < 7; ++which) {
+    // Case 6 builds a real cache of head_dim 520 so that a kernel that did run would stay inside
+    // its buffers.
+    const Shape shape{8, 4, which == 6 ? 520 : 64, 16};
+    HostCase c = MakeCase(shape, 15, specs, rng);
+    AttentionParams extra;  // the fields a case overrides
+    extra.n_heads = shape.n_heads;
+    if (which == 0) c.tables[1][2] = static_cast<int32_t>(c.num_blocks);  // block past the cache
+    if (which == 1) c.tables[2][0] = -1;
+    if (which == 2) c.seqs[1].block_table = std::span<const int32_t>(c.tables[1]).first(2);
+    if (which == 3) c.seqs[2].first_row = 12;   // rows past the batch
+    if (which == 4) extra.n_heads = 6;          // not a multiple of n_kv_heads
+    if (which == 5) c.seqs[0].context_len = 3;  // shorter than num_tokens
+    GuardedDeviceArray<float> q(*gpu, c.q), k(*gpu, c.k), v(*gpu, c.v);
+    GuardedDeviceArray<float> out(*gpu, c.num_rows * c.RowFloats());
+    AttentionParams params = c.Params(q.data(), k.data(), v.data(), out.data());
+    params.n_heads = extra.n_heads;
+    EXPECT_EQ(gpu->Attention(params).code(), absl::StatusCode::kInvalidArgument) << which;
+    const std::vector<float> got = out.Download();
+    EXPECT_TRUE(std::all_of(got.begin(), got.end(), IsSentinel<float>)) << which;
+  }
+  EXPECT_TRUE(gpu->Health().ok()) << gpu->Health();
+}
+
+}  // namespace
+}  // namespace cmoe::kernels::cuda::testing
