@@ -10,9 +10,10 @@
 // Implementations:
 // - SingleProcessCommunicator (kernels/single_process_communicator.h): world size 1, host memory;
 //   the all-to-alls are copies.
-// - An NCCL implementation (kernels/cuda/, not in the tree yet) will implement this interface on
-//   device memory with ncclSend/ncclRecv pairs inside ncclGroupStart/ncclGroupEnd, one rank per
-//   GPU. Every rank must then call the same collectives in the same order.
+// - NcclCommunicator (kernels/cuda/nccl_communicator.h, built when NCCL is found:
+//   CMOE_HAVE_NCCL) implements this interface on device memory with ncclSend/ncclRecv pairs
+//   inside ncclGroupStart/ncclGroupEnd, one rank per GPU. Every rank must then call the same
+//   collectives in the same order.
 //
 // Usage (on every rank, the same sequence of calls):
 //
