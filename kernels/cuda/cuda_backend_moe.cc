@@ -1,22 +1,174 @@
-// SCAFFOLD (replaced this session): CudaBackend MoE primitives.
+// CudaBackend's MoE primitives (kernels/moe_ops.h): validation, the kernel launches, and the
+// prefill path of GroupedMatMul on cuBLAS. Everything is queued on the backend's stream; only the
+// prefill GroupedMatMul waits for the device (to read the group offsets).
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "kernels/cuda/cast.cuh"
+#include "kernels/cuda/combine.cuh"
 #include "kernels/cuda/cuda_backend_impl.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/gather_rows.cuh"
+#include "kernels/cuda/grouped_gemv.cuh"
+#include "kernels/cuda/route_topk.cuh"
 
 namespace cmoe::kernels::cuda {
+namespace {
+
+// The most experts route_topk.cu and dispatch.cu take (a taken-bit per 32 experts per lane; one
+// shared-memory column per expert). Keep in step with kMaxExperts there.
+constexpr int32_t kMaxExperts = 1024;
+
+// GroupedMatMul takes the grouped GEMV while num_rows <= kGemvRowsPerGroup * groups, i.e. at most
+// 8 rows per group on average. Up to there the GEMV reads the touched experts' weights from HBM
+// once (the bound at decode) with at most 8 FMAs per weight element, within the H100's FP32 and
+// L1 rates at HBM speed, and it never waits for the host, so decode steps stay graph-capturable.
+// Past it the GEMV's FMA and L1 (x) traffic grow with the rows while a tensor-core GEMM stays
+// weight-bound, and the one host round trip (~10-20 us) and per-group launches of the cuBLAS path
+// are spread over >= 8 rows per group. With E = 16 and k = 2 that keeps decode batches of up to 64
+// tokens on the device path.
+constexpr int64_t kGemvRowsPerGroup = 8;
+constexpr int64_t kMaxGemvGridGroups = 65535;  // grid.y of grouped_gemv.cu
+
+absl::Status ExpertLimit(const char* op, int32_t num_experts) {
+  if (num_experts <= kMaxExperts) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(op, ": ", num_experts, " experts; the CUDA kernels take at most ", kMaxExperts));
+}
+
+cudaDataType_t CublasType(DType dtype) {
+  switch (dtype) {
+    case DType::kF16:
+      return CUDA_R_16F;
+    case DType::kBF16:
+      return CUDA_R_16BF;
+    default:
+      return CUDA_R_32F;
+  }
+}
+
+// Host copies of device offsets: non-decreasing from 0 to num_rows, as GroupedMatMulHost checks.
+absl::Status CheckOffsets(const std::vector<int32_t>& offsets, int64_t num_rows) {
+  if (offsets.front() != 0 || offsets.back() != num_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("GroupedMatMul: offsets run from ",
+                                                   offsets.front(), " to ", offsets.back(),
+                                                   ", not from 0 to num_rows ", num_rows));
+  }
+  for (size_t e = 0; e + 1 < offsets.size(); ++e) {
+    if (offsets[e + 1] < offsets[e]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GroupedMatMul: offsets decrease at group ", e));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// x rows in the weight dtype, gathered by row_index when set: (num_rows, in) on the device.
+absl::StatusOr<const void*> PrepareGemmInput(CudaBackend& backend, const GroupedMatMulParams& p) {
+  const int64_t in = p.w.cols;
+  const float* x = p.x;
+  if (p.row_index != nullptr) {
+    CMOE_ASSIGN_OR_RETURN(
+        void* gathered,
+        backend.ScratchSpace(Scratch::kGather,
+                             p.num_rows * in * static_cast<int64_t>(sizeof(float))));
+    CMOE_RETURN_IF_ERROR(backend.Check(CMOE_CUDA_STATUS(LaunchGatherRows(
+        p.x, in, p.row_index, p.num_rows, static_cast<float*>(gathered), backend.stream()))));
+    x = static_cast<const float*>(gathered);
+  }
+  if (p.w.dtype == DType::kF32) return x;
+  CMOE_ASSIGN_OR_RETURN(
+      void* cast,
+      backend.ScratchSpace(Scratch::kCastX,
+                           p.num_rows * in * static_cast<int64_t>(DTypeSize(p.w.dtype))));
+  CMOE_RETURN_IF_ERROR(backend.Check(
+      CMOE_CUDA_STATUS(LaunchCastFromF32(x, p.num_rows * in, p.w.dtype, cast, backend.stream()))));
+  return cast;
+}
+
+// The prefill path: one cublasGemmEx per non-empty group (f32 output, CUBLAS_COMPUTE_32F; F16/BF16
+// weights meet x rounded to their dtype). Row-major y_e (n_e, out) = x_e (n_e, in) . W_e^T is, in
+// cuBLAS's column-major terms, C (out, n_e) = op_T(A: (in, out), lda = in) . B (in, n_e), ldb = in.
+// Per-group GemmEx rather than cublasGemmGroupedBatchedEx: simpler to get right; the launches are
+// few (<= E) next to the GEMMs of a prefill step.
+absl::Status GroupedGemm(CudaBackend& backend, const GroupedMatMulParams& p) {
+  const int32_t groups = p.w.groups;
+  std::vector<int32_t> offsets(static_cast<size_t>(groups) + 1);
+  CMOE_RETURN_IF_ERROR(backend.CopyToHost(offsets.data(), p.offsets,
+                                          static_cast<int64_t>(offsets.size() * sizeof(int32_t))));
+  CMOE_RETURN_IF_ERROR(CheckOffsets(offsets, p.num_rows));
+  CMOE_ASSIGN_OR_RETURN(const void* x, PrepareGemmInput(backend, p));
+  const cudaDataType_t type = CublasType(p.w.dtype);
+  const int64_t element = static_cast<int64_t>(DTypeSize(p.w.dtype));
+  const int out = static_cast<int>(p.w.rows);
+  const int in = static_cast<int>(p.w.cols);
+  const float alpha = 1.0f;
+  const float beta = 0.0f;
+  for (int32_t e = 0; e < groups; ++e) {
+    const int n = offsets[e + 1] - offsets[e];
+    if (n == 0) continue;
+    const void* a = static_cast<const char*>(p.w.data) + e * p.w.rows * p.w.cols * element;
+    const void* b = static_cast<const char*>(x) + offsets[e] * p.w.cols * element;
+    float* c = p.y + offsets[e] * p.w.rows;
+    CMOE_RETURN_IF_ERROR(backend.Check(CMOE_CUBLAS_STATUS(cublasGemmEx(
+        backend.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, a, type, in, b, type, in,
+        &beta, c, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT))));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status CudaBackend::RouteTopK(const RouteTopKParams& params) {
-  return absl::UnimplementedError("CudaBackend::RouteTopK");
+  CMOE_RETURN_IF_ERROR(Ready());
+  CMOE_RETURN_IF_ERROR(ValidateRouteTopK(params));
+  CMOE_RETURN_IF_ERROR(ExpertLimit("RouteTopK", params.num_experts));
+  if (params.num_tokens == 0) return absl::OkStatus();
+  return Check(CMOE_CUDA_STATUS(LaunchRouteTopK(params, stream())));
 }
 
 absl::Status CudaBackend::BuildDispatch(const DispatchParams& params) {
-  return absl::UnimplementedError("CudaBackend::BuildDispatch");
+  CMOE_RETURN_IF_ERROR(Ready());
+  CMOE_RETURN_IF_ERROR(ValidateDispatch(params));
+  CMOE_RETURN_IF_ERROR(ExpertLimit("BuildDispatch", params.num_experts));
+  // Also with T = 0: counts and offsets are written (zeros).
+  return Check(CMOE_CUDA_STATUS(LaunchBuildDispatch(params, stream())));
 }
 
 absl::Status CudaBackend::GroupedMatMul(const GroupedMatMulParams& params) {
-  return absl::UnimplementedError("CudaBackend::GroupedMatMul");
+  CMOE_RETURN_IF_ERROR(Ready());
+  CMOE_RETURN_IF_ERROR(ValidateGroupedMatMul(params));
+  if (params.num_rows == 0) return absl::OkStatus();
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  if (params.num_rows >= kIntMax || params.w.rows > kIntMax || params.w.cols > kIntMax) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GroupedMatMul: ", params.num_rows, " rows of (", params.w.rows, ", ",
+                     params.w.cols, ") weights exceed the int32 sizes of the CUDA kernels"));
+  }
+  if (params.num_rows <= kGemvRowsPerGroup * params.w.groups) {
+    if (std::min<int64_t>(params.w.groups, params.num_rows) > kMaxGemvGridGroups) {
+      return absl::InvalidArgumentError(absl::StrCat("GroupedMatMul: ", params.w.groups,
+                                                     " groups; the grouped GEMV takes at most ",
+                                                     kMaxGemvGridGroups));
+    }
+    return Check(CMOE_CUDA_STATUS(LaunchGroupedGemv(params, stream())));
+  }
+  return GroupedGemm(*this, params);
 }
 
 absl::Status CudaBackend::CombineExperts(const CombineParams& params) {
-  return absl::UnimplementedError("CudaBackend::CombineExperts");
+  CMOE_RETURN_IF_ERROR(Ready());
+  CMOE_RETURN_IF_ERROR(ValidateCombine(params));
+  if (params.num_tokens == 0) return absl::OkStatus();
+  return Check(CMOE_CUDA_STATUS(LaunchCombineExperts(params, stream())));
 }
 
 }  // namespace cmoe::kernels::cuda
