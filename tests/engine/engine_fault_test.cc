@@ -14,16 +14,17 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/engine/engine_test_util.h"
+#include "tests/kernels/delegating_backend.h"
 
 namespace cmoe::testing {
 namespace {
 
 using engine::FinishReason;
 
-// Delegates every op to a CPU backend; once armed, MatMul fails (sticky or not).
-class FaultyBackend final : public kernels::Backend {
+// The CPU backend; once armed, MatMul fails (sticky or not).
+class FaultyBackend final : public DelegatingBackend {
  public:
-  explicit FaultyBackend(std::unique_ptr<kernels::Backend> inner) : inner_(std::move(inner)) {}
+  using DelegatingBackend::DelegatingBackend;
 
   // The next MatMul fails; with sticky, Health() reports the error from then on.
   void Arm(bool sticky) {
@@ -44,48 +45,10 @@ class FaultyBackend final : public kernels::Backend {
       return error;
     }
     if (!health_.ok()) return health_;
-    return inner_->MatMul(x, rows, w, y, acc);
-  }
-  absl::Status Embedding(const kernels::WeightView& t, std::span<const int32_t> ids,
-                         float* out) override {
-    return inner_->Embedding(t, ids, out);
-  }
-  absl::Status RmsNorm(const float* x, int64_t rows, const kernels::WeightView& w, float eps,
-                       float* y) override {
-    return inner_->RmsNorm(x, rows, w, eps, y);
-  }
-  absl::Status Rope(float* x, std::span<const int32_t> pos, int32_t heads, int32_t hd,
-                    float theta) override {
-    return inner_->Rope(x, pos, heads, hd, theta);
-  }
-  absl::Status SiluMul(const float* g, const float* u, int64_t n, float* out) override {
-    return inner_->SiluMul(g, u, n, out);
-  }
-  absl::Status KvWrite(const float* k, const float* v, std::span<const int32_t> slots,
-                       const kernels::PagedKvLayer& cache) override {
-    return inner_->KvWrite(k, v, slots, cache);
-  }
-  absl::Status Attention(const kernels::AttentionParams& p) override {
-    return inner_->Attention(p);
-  }
-  absl::Status RouteTopK(const kernels::RouteTopKParams& p) override {
-    return inner_->RouteTopK(p);
-  }
-  absl::Status BuildDispatch(const kernels::DispatchParams& p) override {
-    return inner_->BuildDispatch(p);
-  }
-  absl::Status GroupedMatMul(const kernels::GroupedMatMulParams& p) override {
-    return inner_->GroupedMatMul(p);
-  }
-  absl::Status SiluMulPacked(const float* gu, int64_t rows, int64_t width, float* out) override {
-    return inner_->SiluMulPacked(gu, rows, width, out);
-  }
-  absl::Status CombineExperts(const kernels::CombineParams& p) override {
-    return inner_->CombineExperts(p);
+    return DelegatingBackend::MatMul(x, rows, w, y, acc);
   }
 
  private:
-  std::unique_ptr<kernels::Backend> inner_;
   std::atomic<bool> armed_{false};
   bool sticky_ = false;
   absl::Status health_;

@@ -29,6 +29,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/engine/shared_models.h"
+#include "tests/kernels/delegating_backend.h"
 #include "tests/test_util.h"
 
 namespace cmoe::engine {
@@ -37,20 +38,15 @@ namespace {
 // The CPU backend dressed as a device: weights are copied at upload (the model must never read
 // the checkpoint's memory), fresh allocations are NaN bytes (nothing may be read before it is
 // written), and every op is the CPU backend's.
-class FakeDeviceBackend final : public kernels::Backend {
+class FakeDeviceBackend final : public testing::DelegatingBackend {
  public:
-  FakeDeviceBackend() {
-    auto cpu = kernels::cpu::MakeCpuBackend({.threads = 1});
-    CMOE_CHECK(cpu.ok()) << cpu.status();
-    inner_ = std::move(cpu).value();
-  }
+  FakeDeviceBackend() : DelegatingBackend(MakeCpu()) {}
 
   std::string_view Name() const override { return "fake-device"; }
   bool IsDevice() const override { return true; }
   absl::StatusOr<kernels::Buffer> Allocate(int64_t bytes) override {
     CMOE_ASSIGN_OR_RETURN(kernels::Buffer b, Backend::Allocate(bytes));
     if (bytes > 0) std::memset(b.data(), 0xff, static_cast<size_t>(bytes));
-    ++allocations_;
     return b;
   }
   absl::StatusOr<kernels::WeightView> UploadWeight(const kernels::WeightView& host) override {
@@ -63,53 +59,15 @@ class FakeDeviceBackend final : public kernels::Backend {
   }
   int64_t uploaded_bytes() const { return uploaded_bytes_; }
 
-  absl::Status Embedding(const kernels::WeightView& t, std::span<const int32_t> ids,
-                         float* out) override {
-    return inner_->Embedding(t, ids, out);
-  }
-  absl::Status RmsNorm(const float* x, int64_t rows, const kernels::WeightView& w, float eps,
-                       float* y) override {
-    return inner_->RmsNorm(x, rows, w, eps, y);
-  }
-  absl::Status Rope(float* x, std::span<const int32_t> pos, int32_t heads, int32_t hd,
-                    float theta) override {
-    return inner_->Rope(x, pos, heads, hd, theta);
-  }
-  absl::Status MatMul(const float* x, int64_t rows, const kernels::WeightView& w, float* y,
-                      kernels::Accumulate acc) override {
-    return inner_->MatMul(x, rows, w, y, acc);
-  }
-  absl::Status SiluMul(const float* g, const float* u, int64_t n, float* out) override {
-    return inner_->SiluMul(g, u, n, out);
-  }
-  absl::Status KvWrite(const float* k, const float* v, std::span<const int32_t> slots,
-                       const kernels::PagedKvLayer& cache) override {
-    return inner_->KvWrite(k, v, slots, cache);
-  }
-  absl::Status Attention(const kernels::AttentionParams& p) override {
-    return inner_->Attention(p);
-  }
-  absl::Status RouteTopK(const kernels::RouteTopKParams& p) override {
-    return inner_->RouteTopK(p);
-  }
-  absl::Status BuildDispatch(const kernels::DispatchParams& p) override {
-    return inner_->BuildDispatch(p);
-  }
-  absl::Status GroupedMatMul(const kernels::GroupedMatMulParams& p) override {
-    return inner_->GroupedMatMul(p);
-  }
-  absl::Status SiluMulPacked(const float* gu, int64_t rows, int64_t width, float* out) override {
-    return inner_->SiluMulPacked(gu, rows, width, out);
-  }
-  absl::Status CombineExperts(const kernels::CombineParams& p) override {
-    return inner_->CombineExperts(p);
+ private:
+  static std::unique_ptr<kernels::Backend> MakeCpu() {
+    auto cpu = kernels::cpu::MakeCpuBackend({.threads = 1});
+    CMOE_CHECK(cpu.ok()) << cpu.status();
+    return std::move(cpu).value();
   }
 
- private:
-  std::unique_ptr<kernels::Backend> inner_;
   std::vector<std::vector<char>> uploads_;
   int64_t uploaded_bytes_ = 0;
-  int64_t allocations_ = 0;
 };
 
 constexpr int64_t kCacheTokens = 1024;
