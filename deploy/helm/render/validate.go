@@ -254,6 +254,24 @@ func (v *validator) checkContainer(o object, pod, c map[string]interface{}, volu
 		}
 	}
 	v.checkGracePeriod(o, pod, c)
+	v.checkDevice(o, c)
+}
+
+// checkDevice: a server that asks for a GPU serves on it (--device=cuda...), and one told to
+// serve on CUDA has a GPU to serve on.
+func (v *validator) checkDevice(o object, c map[string]interface{}) {
+	gpus := false
+	for k := range mapAt(c, "resources.limits") {
+		gpus = gpus || strings.HasSuffix(k, "/gpu")
+	}
+	cuda := false
+	for _, a := range listAt(c, "args") {
+		cuda = cuda || strings.HasPrefix(fmt.Sprint(a), "--device=cuda")
+	}
+	if gpus != cuda {
+		v.addf(o, "container %q: a GPU limit (%v) without --device=cuda, or the reverse (%v)",
+			str(c, "name"), gpus, cuda)
+	}
 }
 
 func (v *validator) checkSecurity(o object, pod, c map[string]interface{}) {

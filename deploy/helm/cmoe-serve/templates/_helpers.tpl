@@ -68,6 +68,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - {{ printf "--port=%d" (int64 $s.port) | quote }}
 - {{ printf "--metrics-port=%d" (int64 $s.metricsPort) | quote }}
 - {{ printf "--threads=%d" (int64 $s.threads) | quote }}
+{{- if .Values.gpu.enabled }}
+- "--device=cuda"
+{{- end }}
 - {{ printf "--max-batch-tokens=%d" (int64 $s.maxBatchTokens) | quote }}
 - {{ printf "--max-running=%d" (int64 $s.maxRunning) | quote }}
 - {{ printf "--max-waiting=%d" (int64 $s.maxWaiting) | quote }}
