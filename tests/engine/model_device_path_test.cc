@@ -18,14 +18,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status.h"
-#include "engine/carve/calibration.h"
-#include "engine/carve/carve_model.h"
-#include "engine/carve/carved_checkpoint_writer.h"
 #include "engine/checkpoint.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
-#include "engine/model_loader.h"
-#include "engine/staged_output_dir.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/engine/shared_models.h"
@@ -173,29 +168,8 @@ std::string DenseDir(const std::string& name) {
   return *dir;
 }
 
-// Carves `name` with `experts` experts, `shared` of them shared and 2 active, into `out`.
 std::string Carve(const std::string& name, int32_t experts, int32_t shared, const std::string& out) {
-  auto dense = LoadModel({.model_dir = DenseDir(name), .threads = 2, .kv_cache_tokens = 1024});
-  CMOE_CHECK(dense.ok()) << dense.status();
-  const carve::CarveModelOptions o{
-      .layer = {.num_experts = experts, .num_shared = shared, .num_activated = 2},
-      .threads = 2,
-      .calibration = {.file = testing::SharedData("tinystories_val.txt"),
-                      .range_begin = 0,
-                      .range_end = 20000,
-                      .seqs = 2,
-                      .len = 64,
-                      .seed = 0}};
-  auto calib = carve::LoadCalibration(o.calibration, *dense->tokenizer);
-  CMOE_CHECK(calib.ok()) << calib.status();
-  auto carved = carve::CarveModel(*dense->model, *calib, o);
-  CMOE_CHECK(carved.ok()) << carved.status();
-  auto dir = StagedOutputDir::Create(out, /*force=*/false);
-  CMOE_CHECK(dir.ok()) << dir.status();
-  absl::Status written = carve::WriteCarvedCheckpoint(dense->model->checkpoint(), *carved, **dir);
-  if (written.ok()) written = (*dir)->Commit();
-  CMOE_CHECK(written.ok()) << written;
-  return out;
+  return testing::CarveSharedModel(name, experts, shared, /*active=*/2, out);
 }
 
 class ModelDevicePathTest : public ::testing::TestWithParam<std::string> {};

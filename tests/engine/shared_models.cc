@@ -9,7 +9,12 @@
 
 #include "common/logging.h"
 #include "common/mapped_file.h"
+#include "engine/carve/calibration.h"
+#include "engine/carve/carve_model.h"
+#include "engine/carve/carved_checkpoint_writer.h"
 #include "engine/llama2c_import.h"
+#include "engine/model_loader.h"
+#include "engine/staged_output_dir.h"
 #include "tests/test_util.h"
 
 namespace cmoe::testing {
@@ -74,6 +79,34 @@ std::string TinyStoriesSample(size_t bytes) {
   std::string sample = text->substr(0, bytes);
   const size_t space = sample.find_last_of(' ');
   return space == std::string::npos ? sample : sample.substr(0, space);
+}
+
+std::string CarveSharedModel(const std::string& name, int32_t experts, int32_t shared,
+                             int32_t active, const std::string& out_dir) {
+  absl::StatusOr<std::string> dir = SharedModelDir(name);
+  CMOE_CHECK(dir.ok()) << dir.status();
+  auto dense = engine::LoadModel({.model_dir = *dir, .threads = 2, .kv_cache_tokens = 1024});
+  CMOE_CHECK(dense.ok()) << dense.status();
+  const engine::carve::CarveModelOptions o{
+      .layer = {.num_experts = experts, .num_shared = shared, .num_activated = active},
+      .threads = 2,
+      .calibration = {.file = SharedData("tinystories_val.txt"),
+                      .range_begin = 0,
+                      .range_end = 20000,
+                      .seqs = 2,
+                      .len = 64,
+                      .seed = 0}};
+  auto calib = engine::carve::LoadCalibration(o.calibration, *dense->tokenizer);
+  CMOE_CHECK(calib.ok()) << calib.status();
+  auto carved = engine::carve::CarveModel(*dense->model, *calib, o);
+  CMOE_CHECK(carved.ok()) << carved.status();
+  auto staged = engine::StagedOutputDir::Create(out_dir, /*force=*/false);
+  CMOE_CHECK(staged.ok()) << staged.status();
+  absl::Status written =
+      engine::carve::WriteCarvedCheckpoint(dense->model->checkpoint(), *carved, **staged);
+  if (written.ok()) written = (*staged)->Commit();
+  CMOE_CHECK(written.ok()) << written;
+  return out_dir;
 }
 
 }  // namespace cmoe::testing
