@@ -96,9 +96,9 @@ absl::Status ValidateDispatch(const DispatchParams& p) {
 absl::Status ValidateGroupedMatMul(const GroupedMatMulParams& p) {
   constexpr const char* kOp = "GroupedMatMul";
   if (p.w.groups < 1 || p.w.rows < 1 || p.w.cols < 1 || !IsFloatDType(p.w.dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(kOp, ": weights (", p.w.groups, ", ", p.w.rows,
-                                                   ", ", p.w.cols, ") ", std::string(DTypeName(p.w.dtype)),
-                                                   " is not a float tensor of groups"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": weights (", p.w.groups, ", ", p.w.rows, ", ", p.w.cols, ") ",
+                     std::string(DTypeName(p.w.dtype)), " is not a float tensor of groups"));
   }
   if (p.num_rows < 0) {
     return absl::InvalidArgumentError(absl::StrCat(kOp, ": num_rows ", p.num_rows, " < 0"));
@@ -122,6 +122,18 @@ absl::Status ValidateCombine(const CombineParams& p) {
   if (p.token_slot == nullptr) return NullOperand(kOp, "token_slot");
   if (p.weights == nullptr) return NullOperand(kOp, "weights");
   if (p.x == nullptr) return NullOperand(kOp, "x");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateMatMul(const float* x, int64_t num_rows, const WeightView& w, const float* y) {
+  if (num_rows < 0 || w.rows < 0 || w.cols < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("MatMul: negative shape: x rows ", num_rows,
+                                                   ", w (", w.rows, ", ", w.cols, ")"));
+  }
+  if (num_rows == 0 || w.rows == 0) return absl::OkStatus();
+  if (x == nullptr || y == nullptr || (w.data == nullptr && w.cols > 0)) {
+    return absl::InvalidArgumentError("MatMul: null x, y or weight data");
+  }
   return absl::OkStatus();
 }
 

@@ -132,6 +132,10 @@ absl::Status ValidateDispatch(const DispatchParams& params);
 absl::Status ValidateGroupedMatMul(const GroupedMatMulParams& params);
 absl::Status ValidateCombine(const CombineParams& params);
 
+// Validation shared by the fast CPU and the CUDA MatMul: no negative shape; unless there is
+// nothing to compute (num_rows == 0 or w.rows == 0), non-null x and y, and w.data when w.cols > 0.
+absl::Status ValidateMatMul(const float* x, int64_t num_rows, const WeightView& w, const float* y);
+
 // Validation shared by every backend's Embedding: every id inside [0, table.rows).
 absl::Status ValidateEmbedding(const WeightView& table, std::span<const int32_t> ids);
 

@@ -9,8 +9,10 @@
 #                                         # in MANIFEST as not_built) instead of failing
 #
 # gpu-bundle/
-#   bin/       every cuda_* GoogleTest binary (tests/kernels/cuda/*_test.cc) and cmoe-moe-bench,
-#              with RUNPATH $ORIGIN/../lib first
+#   bin/       every gpu GoogleTest binary (the build's targets named cuda_*_test, all labelled
+#              gpu: tests/kernels/cuda/*_test.cc and tests/engine/cuda_model_test.cc) and the
+#              tools the check runs: cmoe-moe-bench, cmoe-bench, cmoe-synth, cmoe-carve; with
+#              RUNPATH $ORIGIN/../lib first
 #   lib/       the shared libraries they need per ldd, except those of the base system and of
 #              the GPU machine's CUDA install (libc, libm, libdl, librt, libpthread, ld-linux,
 #              libgcc_s, libstdc++, linux-vdso, libcuda, libcublas, libcublasLt, libcudart,
@@ -24,16 +26,27 @@
 #   lib/fallback/  this machine's libstdc++ and libgcc_s, used by gpu-check.sh only when the GPU
 #              machine's are too old for the binaries (GCC 12's are older than most, so rarely)
 #   scripts/   gpu-check.sh, gpu_check_summary.py, moe_reference.py
+#   shared/    what the gpu tests and the e2e check read from ../shared, which the device tool
+#              does not carry: models/{stories260K,tinystories-656k,babyllama-tok105} and
+#              data/tinystories_val.txt (~8 MB); gpu-check.sh points CMOE_SHARED_DIR here.
+#              Copied into this ignored folder only, never into the repository.
 #   MANIFEST   git revision, build settings, and every file with its size
 #
 # Environment: BUILD_DIR (default build-gpu), BUNDLE_DIR (default gpu-bundle), CUDA_ARCHS
-# (default "80;90"), JOBS (ninja -j, default: ninja's choice).
+# (default "80;90"), JOBS (ninja -j, default: ninja's choice), SHARED_DIR (default ../shared
+# beside the repository).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-$ROOT/build-gpu}
 BUNDLE_DIR=${BUNDLE_DIR:-$ROOT/gpu-bundle}
 CUDA_ARCHS=${CUDA_ARCHS:-80;90}
+SHARED_DIR=${SHARED_DIR:-$ROOT/../shared}
+SHARED_MODELS=(stories260K tinystories-656k babyllama-tok105)
+SHARED_DATA=(tinystories_val.txt)
+# The tools gpu-check.sh runs (bin/ of the build); cmoe-moe-bench is required, the others are
+# needed by the e2e mode.
+TOOLS=(cmoe-moe-bench cmoe-bench cmoe-synth cmoe-carve)
 MAX_BUNDLE_MIB=60
 BUILD=1
 ALLOW_PARTIAL=0
@@ -52,20 +65,20 @@ SYSTEM_LIBS='^(libc|libm|libdl|librt|libpthread|ld-linux[^.]*|libgcc_s|libstdc\+
 
 die() { echo "gpu-bundle.sh: error: $*" >&2; exit 1; }
 
-# The gpu test targets: one per tests/kernels/cuda/*_test.cc (tests/CMakeLists.txt names them
-# cuda_<file>), kept when the build defines them.
+# The gpu test targets: every target of the build named cuda_*_test (tests/CMakeLists.txt names
+# the gpu-labelled tests so: cuda_<file> for tests/kernels/cuda/*_test.cc, and cuda_model_test).
+# A tests/kernels/cuda/*_test.cc without its target is reported (the build predates it).
 gpu_test_targets() {
   local src name all
   all=$(ninja -C "$BUILD_DIR" -t targets all)
+  sed -n 's/^\(cuda_[A-Za-z0-9_]*_test\): phony$/\1/p' <<<"$all" | sort -u
   for src in "$ROOT"/tests/kernels/cuda/*_test.cc; do
     [[ -e $src ]] || continue
     name=cuda_$(basename "$src" .cc)
-    if grep -q "^$name: phony" <<<"$all"; then
-      echo "$name"
-    else
+    grep -q "^$name: phony" <<<"$all" ||
       echo "gpu-bundle.sh: warning: no target $name in $BUILD_DIR (reconfigure?)" >&2
-    fi
   done
+  return 0
 }
 
 configure_and_build() {
@@ -82,7 +95,7 @@ configure_and_build() {
   FAILED_TARGETS=()
   # One target at a time: a gpu test that does not compile (work in progress) fails alone and
   # is known by name; the shared libraries are built once, by the first.
-  for target in cmoe-moe-bench $(gpu_test_targets); do
+  for target in "${TOOLS[@]}" $(gpu_test_targets); do
     echo "gpu-bundle.sh: building $target in $BUILD_DIR"
     ninja -C "$BUILD_DIR" ${JOBS:+-j "$JOBS"} "$target" || FAILED_TARGETS+=("$target")
   done
@@ -92,9 +105,9 @@ configure_and_build() {
 # printed as "NOT_BUILT name" (an older binary of a failed target is never shipped).
 binaries() {
   local name path
-  for name in cmoe-moe-bench $(gpu_test_targets); do
+  for name in "${TOOLS[@]}" $(gpu_test_targets); do
     path=$BUILD_DIR/tests/$name
-    [[ $name == cmoe-moe-bench ]] && path=$BUILD_DIR/bin/$name
+    [[ " ${TOOLS[*]} " == *" $name "* ]] && path=$BUILD_DIR/bin/$name
     if [[ -x $path && " ${FAILED_TARGETS[*]} " != *" $name "* ]]; then
       echo "$path"
     else
@@ -141,6 +154,22 @@ verify_libraries() {
   done
 }
 
+# The shared models and data the gpu tests and the e2e check read (../shared is not carried to
+# the GPU machine), into the bundle's shared/ (made writable, so that rm -rf works).
+copy_shared() {
+  local name
+  mkdir -p "$BUNDLE_DIR/shared/models" "$BUNDLE_DIR/shared/data"
+  for name in "${SHARED_MODELS[@]}"; do
+    [[ -d $SHARED_DIR/models/$name ]] || die "missing $SHARED_DIR/models/$name (SHARED_DIR?)"
+    cp -r --no-preserve=mode "$SHARED_DIR/models/$name" "$BUNDLE_DIR/shared/models/"
+  done
+  for name in "${SHARED_DATA[@]}"; do
+    [[ -f $SHARED_DIR/data/$name ]] || die "missing $SHARED_DIR/data/$name (SHARED_DIR?)"
+    cp --no-preserve=mode "$SHARED_DIR/data/$name" "$BUNDLE_DIR/shared/data/"
+  done
+  chmod -R u+w "$BUNDLE_DIR/shared"
+}
+
 write_manifest() {
   local rev dirty
   rev=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
@@ -153,6 +182,7 @@ write_manifest() {
     echo "cuda: $(/usr/local/cuda/bin/nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo '?')"
     echo "cuda_architectures: $CUDA_ARCHS"
     echo "not_built: ${NOT_BUILT[*]:-none}"
+    echo "shared: models ${SHARED_MODELS[*]}; data ${SHARED_DATA[*]} (from $SHARED_DIR)"
     echo "build_type: Release"
     echo "needs_from_machine: libcuda.so.1 (driver), libcublas.so.13, libcublasLt.so.13, libnccl.so.2, glibc >= $(ldd --version | head -1 | grep -o '[0-9.]*$')"
     echo "files (bytes path):"
@@ -168,10 +198,11 @@ main() {
     if [[ $line == "NOT_BUILT "* ]]; then NOT_BUILT+=("${line#NOT_BUILT }"); else BINS+=("$line"); fi
   done < <(binaries)
   if ((${#NOT_BUILT[@]} > 0)); then
-    [[ $ALLOW_PARTIAL == 1 && ${NOT_BUILT[*]} != *cmoe-moe-bench* ]] ||
+    [[ $ALLOW_PARTIAL == 1 && " ${NOT_BUILT[*]} " != *" cmoe-moe-bench "* ]] ||
       die "not built: ${NOT_BUILT[*]} (fix the build, or --allow-partial to leave gpu tests out)"
     echo "gpu-bundle.sh: warning: leaving out ${NOT_BUILT[*]} (--allow-partial)" >&2
   fi
+  [[ -d $BUNDLE_DIR ]] && chmod -R u+w "$BUNDLE_DIR"
   rm -rf "$BUNDLE_DIR"
   mkdir -p "$BUNDLE_DIR"/{bin,lib/fallback,scripts}
   copy_libraries "${BINS[@]}"
@@ -181,14 +212,16 @@ main() {
   done
   strip --strip-unneeded "$BUNDLE_DIR"/bin/* "$BUNDLE_DIR"/lib/libcmoe_*
   cp "$ROOT"/scripts/{gpu-check.sh,gpu_check_summary.py,moe_reference.py} "$BUNDLE_DIR/scripts/"
+  copy_shared
   verify_libraries
   write_manifest
   local bytes mib
   bytes=$(du -sb "$BUNDLE_DIR" | cut -f1)
   mib=$(( (bytes + 1048575) / 1048576 ))
-  echo "gpu-bundle.sh: $BUNDLE_DIR: ${#BINS[@]} binaries, $(find "$BUNDLE_DIR/lib" -maxdepth 1 -type f | wc -l) libraries, $bytes bytes (~$mib MiB)"
+  echo "gpu-bundle.sh: $BUNDLE_DIR: ${#BINS[@]} binaries, $(find "$BUNDLE_DIR/lib" -maxdepth 1 -type f | wc -l) libraries, shared data $(du -sb "$BUNDLE_DIR/shared" | cut -f1) bytes; $bytes bytes in all (~$mib MiB)"
   ((mib < MAX_BUNDLE_MIB)) || die "the bundle is $mib MiB, over the $MAX_BUNDLE_MIB MiB limit"
   echo "gpu-bundle.sh: on the GPU machine, from the repository root: bash gpu-bundle/scripts/gpu-check.sh \"\$OUT\""
+  echo "gpu-bundle.sh: and in a second call (end to end, 7B-shaped): bash gpu-bundle/scripts/gpu-check.sh --e2e \"\$OUT\""
 }
 
 main "$@"

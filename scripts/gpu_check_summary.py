@@ -2,7 +2,9 @@
 """Reads the detail folder scripts/gpu-check.sh wrote and prints its summary: test pass/fail
 counts, compute-sanitizer error counts, cmoe-moe-bench ratios (carved vs dense per batch) and
 ours vs the PyTorch per-expert loop (scripts/moe_reference.py), and the GPU targets of
-docs/performance.md.
+docs/performance.md. For a --e2e check (env/machine.txt says "mode: e2e"): the tests, the
+synth/carve steps, cmoe-bench decode per batch (dense vs carved, the share of the measured
+bandwidth) and prefill, and the end-to-end GPU targets.
 
   python3 scripts/gpu_check_summary.py DETAIL_DIR [SUMMARY_JSON]
 
@@ -216,6 +218,174 @@ def bench_section(detail, steps, have_gpu, failures, summary):
     return lines
 
 
+# ---------------------------------------------------------------------------------------------
+# --e2e
+
+def model_label(entry):
+    """'dense' or the carved configuration ('S2A2E16') of one cmoe-bench model entry."""
+    return entry.get("cmoe") or "dense"
+
+
+def read_decode(path):
+    """cmoe-bench decode --json lines -> {batch: {label: entry}} plus the run's common fields."""
+    runs, common = {}, {}
+    for line in (read_text(path) or "").splitlines():
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(j, dict) or j.get("mode") != "decode":
+            continue
+        entries = j.get("models") or [j]
+        runs[int(j["batch"])] = {model_label(m): m for m in entries}
+        for k in ("backend", "read_bandwidth_gbps", "bandwidth_kind", "bandwidth_note", "steps",
+                  "threads"):
+            if k in j:
+                common.setdefault(k, j[k])
+    return runs, common
+
+
+def read_prefill(path):
+    j = read_json(path)
+    if not isinstance(j, dict) or j.get("mode") != "prefill":
+        return None, {}
+    return {model_label(m): m for m in (j.get("models") or [j])}, j
+
+
+def e2e_steps(detail, steps, failures):
+    lines = ["E2E steps:"]
+    for s in (s for s in steps if s["phase"] in ("synth", "carve", "decode", "prefill")):
+        text = read_text(os.path.join(detail, s["log"])) or ""
+        extra = ""
+        if s["step"].startswith("cmoe-carve-"):
+            carve = read_json(os.path.join(detail, "e2e", "carve_" + s["step"][len("cmoe-carve-"):]
+                                           + ".json"))
+            if carve:
+                extra = (f" ({carve.get('calib_tokens')} calibration tokens, "
+                         f"{100 * carve.get('activation_ratio', 0):.1f} % of the FFN active)")
+        if s["step"].endswith("cuda-no-gpu"):
+            ok = s["exit"] not in ("0", "124", "137", "skipped") and "cuda" in text
+            last = text.strip().splitlines()[-1] if text.strip() else ""
+            lines.append(f"  {s['step']:<32} exit {s['exit']} "
+                         + ("(expected: the device error)" if ok else "(UNEXPECTED)")
+                         + (f": {last}" if last else ""))
+            if not ok:
+                failures.append(f"{s['step']}: exit {s['exit']} without the device error")
+            continue
+        how = {"124": "TIMED OUT", "137": "KILLED (timeout or memory)",
+               "skipped": "skipped (time budget)"}.get(s["exit"], f"exit {s['exit']}")
+        lines.append(f"  {s['step']:<32} {how} in {s['seconds']} s{extra}")
+        if s["exit"] != "0":
+            failures.append(f"{s['step']}: {how} (log detail/{s['log']})")
+            tail = [l for l in text.strip().splitlines() if l.strip()][-2:]
+            lines += [f"      {l[:160]}" for l in tail]
+    return lines
+
+
+def e2e_section(detail, steps, gpu_name, failures, notes, summary):
+    have_gpu = gpu_name is not None
+    e = os.path.join(detail, "e2e")
+    lines = []
+    plan = (read_text(os.path.join(e, "plan.txt")) or "").strip().splitlines()
+    lines.append("E2E plan: " + ("; ".join(plan) if plan else "none (see detail/check.log)"))
+    for p in plan:
+        if p.startswith("skipped:"):
+            notes.append(p)
+    lines += e2e_steps(detail, steps, failures)
+    smoke = "" if have_gpu else "  [CPU smoke run, not a measurement]"
+    runs, common = read_decode(os.path.join(e, "decode.jsonl"))
+    prefill, pj = read_prefill(os.path.join(e, "prefill.json"))
+    summary["e2e"] = {"decode": {str(b): r for b, r in runs.items()}, "decode_common": common,
+                      "prefill": prefill}
+    decode_ran = any(s["phase"] == "decode" and not s["step"].endswith("cuda-no-gpu")
+                     for s in steps)
+    if not runs:
+        lines.append("Decode: no results")
+        if decode_ran:
+            failures.append("decode: no results")
+    else:
+        labels = list(next(iter(runs.values())).keys())
+        kind = common.get("bandwidth_kind", "?")
+        what = ("device-to-device copy bandwidth, bytes read + written" if kind == "device_copy"
+                else "host read bandwidth")
+        lines.append(f"Decode: cmoe-bench on {common.get('backend', '?')}, {common.get('steps')} "
+                     f"timed steps per batch; 'bw': the {what}, measured in the same run (median "
+                     f"of the samples between rounds of steps){smoke}")
+        if kind == "device_copy":
+            lines.append("  (% bw = weight bytes read per second over that copy bandwidth: decode "
+                         "only reads, so this is conservative)")
+        head = (f"  {'batch':>6} {'bw GB/s':>8} {'dense tok/s':>11} {'step ms':>8} {'GB/s':>7} "
+                f"{'% bw':>5}")
+        for c in labels[1:]:
+            head += f" | {c + ' tok/s':>14} {'speedup':>7} {'touched':>7}"
+        lines.append(head)
+        for b in sorted(runs):
+            r = runs[b]
+            d = r.get("dense")
+            any_model = next(iter(r.values()))
+            row = f"  {b:>6} {any_model.get('read_bandwidth_gbps', 0):>8.1f}"
+            row += (f" {d['median_tokens_per_second']:>11.1f} {d['median_step_ms']:>8.3f} "
+                    f"{d['achieved_gbps']:>7.1f} {100 * d['bandwidth_ratio']:>4.0f}%"
+                    if d else f" {'-':>11} {'-':>8} {'-':>7} {'-':>5}")
+            for c in labels[1:]:
+                m = r.get(c)
+                row += (f" | {m['median_tokens_per_second']:>14.1f} {m['speedup']:>6.2f}x "
+                        f"{m.get('experts_touched_per_layer', 0):>4.1f}/{m.get('routed_experts', 0):<2}"
+                        if m else f" | {'-':>14} {'-':>7} {'-':>7}")
+            lines.append(row)
+    if prefill is None:
+        lines.append("Prefill: no results")
+        if any(s["phase"] == "prefill" for s in steps):
+            failures.append("prefill: no results")
+    else:
+        parts = []
+        for c, m in prefill.items():
+            parts.append(f"{c} {m['median_seconds'] * 1e3:.1f} ms ({m['tokens_per_second']:.0f} "
+                         f"tok/s, {m['gflops'] / 1e3:.1f} TFLOP/s, {m.get('speedup', 1.0):.2f}x)")
+        lines.append(f"Prefill {pj.get('tokens')} tokens on {pj.get('backend', '?')}: "
+                     + "; ".join(parts) + smoke)
+    if have_gpu:
+        summary["targets"] = e2e_targets(runs, common, prefill, pj, gpu_name)
+        lines.append("Targets (docs/performance.md, GPU rows, end to end):")
+        lines += summary["targets"] or ["  none measured"]
+    return lines
+
+
+def e2e_targets(runs, common, prefill, pj, gpu_name):
+    out = []
+
+    def check(what, value, goal, ok):
+        out.append(f"  {'MET ' if ok else 'MISS'} {what}: {value} (target {goal})")
+
+    one = runs.get(1, {})
+    if "S2A2E16" in one:
+        r = one["S2A2E16"]["speedup"]
+        check("S2A2E16 vs dense, decode batch 1", f"{r:.2f}x", ">= 1.7x", r >= 1.7)
+    worst = None
+    for b, r in runs.items():
+        for c, m in r.items():
+            if c != "dense" and (worst is None or m["speedup"] < worst[2]):
+                worst = (c, b, m["speedup"])
+    if worst:
+        check(f"carved vs dense, every decode batch {sorted(runs)} (worst: {worst[0]} at batch "
+              f"{worst[1]})", f"{worst[2]:.2f}x", ">= 0.95x", worst[2] >= 0.95)
+    dense1 = one.get("dense")
+    if dense1:
+        frac = dense1["bandwidth_ratio"]
+        peak = next((g for n, g in PEAK_GBPS if gpu_name and n in gpu_name), None)
+        sheet = (f"; {100 * dense1['achieved_gbps'] / peak:.0f} % of the datasheet {peak:.0f} GB/s"
+                 if peak else "")
+        check(f"dense decode batch 1 ({dense1['achieved_gbps']:.0f} GB/s of weights read over the "
+              f"{dense1.get('bandwidth_kind', '?')} bandwidth {dense1['read_bandwidth_gbps']:.0f} "
+              f"GB/s measured in the run{sheet})", f"{100 * frac:.0f} %",
+              ">= 75 % of HBM bandwidth", frac >= 0.75)
+    if prefill and "S2A2E16" in prefill:
+        r = prefill["S2A2E16"]["speedup"]
+        check(f"S2A2E16 vs dense, prefill {pj.get('tokens')} tokens", f"{r:.2f}x", ">= 1.6x",
+              r >= 1.6)
+    return out
+
+
 def missing_libraries(detail):
     """'binary: libfoo.so.1' for each library ldd could not find on this machine."""
     binary, missing = "?", []
@@ -239,7 +409,10 @@ def main(argv):
     dirty = re.search(r"git_uncommitted_paths: (\d+)", manifest)
     summary = {"gpu": gpu_name, "bench": {}, "targets": []}
     elapsed = read_text(os.path.join(detail, "env", "elapsed.txt"))
-    lines = [f"cmoe GPU check: bundle {rev.group(1)[:12] if rev else '?'}"
+    machine = read_text(os.path.join(detail, "env", "machine.txt")) or ""
+    e2e = "mode: e2e" in machine
+    summary["mode"] = "e2e" if e2e else "kernels"
+    lines = [f"cmoe GPU check{' (e2e)' if e2e else ''}: bundle {rev.group(1)[:12] if rev else '?'}"
              + (f" ({dirty.group(1)} uncommitted paths)" if dirty and dirty.group(1) != "0"
                 else "") + (f", {elapsed.strip()} s" if elapsed else ""),
              f"GPU: {gpu}"]
@@ -252,14 +425,19 @@ def main(argv):
         lines.append("MISSING LIBRARIES: " + "; ".join(missing))
         failures.extend(f"missing library: {m}" for m in missing)
     test_lines, summary["tests"] = test_results(detail, steps, failures)
-    san_lines, summary["sanitizer_errors"] = sanitizer_results(detail, steps, failures, notes)
+    san_lines = []
+    if not e2e:
+        san_lines, summary["sanitizer_errors"] = sanitizer_results(detail, steps, failures, notes)
     if gpu_name and summary["tests"]["skipped"]:
         notes.append(f"{summary['tests']['skipped']} tests skipped on a GPU machine")
         test_lines.append(f"  NOTE: {summary['tests']['skipped']} tests skipped although a GPU is "
                           "present (multi-GPU tests skip on one GPU; otherwise see "
                           "detail/tests/*.log: was the device usable?)")
     lines += test_lines + san_lines
-    lines += bench_section(detail, steps, gpu_name is not None, failures, summary)
+    if e2e:
+        lines += e2e_section(detail, steps, gpu_name, failures, notes, summary)
+    else:
+        lines += bench_section(detail, steps, gpu_name is not None, failures, summary)
     status = "FAIL" if failures else ("PASS" if gpu_name else "PASS (no GPU: GPU steps skipped)")
     lines.append(f"OVERALL: {status}")
     lines += [f"  - {f}" for f in failures]

@@ -179,14 +179,8 @@ absl::Status CpuBackend::Rope(float* x, std::span<const int32_t> positions, int3
 
 absl::Status CpuBackend::MatMul(const float* x, int64_t num_rows, const WeightView& w, float* y,
                                 Accumulate accumulate) {
-  if (num_rows < 0 || w.rows < 0 || w.cols < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("MatMul: negative shape: x rows ", num_rows,
-                                                   ", w (", w.rows, ", ", w.cols, ")"));
-  }
+  CMOE_RETURN_IF_ERROR(ValidateMatMul(x, num_rows, w, y));
   if (num_rows == 0 || w.rows == 0) return absl::OkStatus();
-  if (x == nullptr || y == nullptr || (w.data == nullptr && w.cols > 0)) {
-    return absl::InvalidArgumentError("MatMul: null x, y or weight data");
-  }
   const GemvArgs args{.x = x,
                       .ldx = w.cols,
                       .num_tokens = num_rows,

@@ -1,7 +1,6 @@
 // CudaBackend's MoE primitives (kernels/moe_ops.h): validation, the kernel launches, and the
-// prefill path of GroupedMatMul on cuBLAS. Everything is queued on the backend's stream; only the
-// prefill GroupedMatMul waits for the device (to read the group offsets).
-#include <cublas_v2.h>
+// prefill path of GroupedMatMul on cuBLAS (cublas_gemm.h). Everything is queued on the backend's
+// stream; only the prefill GroupedMatMul waits for the device (to read the group offsets).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -11,8 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "kernels/cuda/cast.cuh"
 #include "kernels/cuda/combine.cuh"
+#include "kernels/cuda/cublas_gemm.h"
 #include "kernels/cuda/cuda_backend_impl.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/dispatch.cuh"
@@ -44,17 +43,6 @@ absl::Status ExpertLimit(const char* op, int32_t num_experts) {
       absl::StrCat(op, ": ", num_experts, " experts; the CUDA kernels take at most ", kMaxExperts));
 }
 
-cudaDataType_t CublasType(DType dtype) {
-  switch (dtype) {
-    case DType::kF16:
-      return CUDA_R_16F;
-    case DType::kBF16:
-      return CUDA_R_16BF;
-    default:
-      return CUDA_R_32F;
-  }
-}
-
 // Host copies of device offsets: non-decreasing from 0 to num_rows, as GroupedMatMulHost checks.
 absl::Status CheckOffsets(const std::vector<int32_t>& offsets, int64_t num_rows) {
   if (offsets.front() != 0 || offsets.back() != num_rows) {
@@ -71,7 +59,7 @@ absl::Status CheckOffsets(const std::vector<int32_t>& offsets, int64_t num_rows)
   return absl::OkStatus();
 }
 
-// x rows in the weight dtype, gathered by row_index when set: (num_rows, in) on the device.
+// cuBLAS's x operand (CublasInput): x's rows, gathered by row_index when set, (num_rows, in).
 absl::StatusOr<const void*> PrepareGemmInput(CudaBackend& backend, const GroupedMatMulParams& p) {
   const int64_t in = p.w.cols;
   const float* x = p.x;
@@ -84,21 +72,13 @@ absl::StatusOr<const void*> PrepareGemmInput(CudaBackend& backend, const Grouped
         p.x, in, p.row_index, p.num_rows, static_cast<float*>(gathered), backend.stream()))));
     x = static_cast<const float*>(gathered);
   }
-  if (p.w.dtype == DType::kF32) return x;
-  CMOE_ASSIGN_OR_RETURN(
-      void* cast,
-      backend.ScratchSpace(Scratch::kCastX,
-                           p.num_rows * in * static_cast<int64_t>(DTypeSize(p.w.dtype))));
-  CMOE_RETURN_IF_ERROR(backend.Check(
-      CMOE_CUDA_STATUS(LaunchCastFromF32(x, p.num_rows * in, p.w.dtype, cast, backend.stream()))));
-  return cast;
+  return CublasInput(backend, x, p.num_rows * in, p.w.dtype);
 }
 
-// The prefill path: one cublasGemmEx per non-empty group (f32 output, CUBLAS_COMPUTE_32F; F16/BF16
-// weights meet x rounded to their dtype). Row-major y_e (n_e, out) = x_e (n_e, in) . W_e^T is, in
-// cuBLAS's column-major terms, C (out, n_e) = op_T(A: (in, out), lda = in) . B (in, n_e), ldb = in.
-// Per-group GemmEx rather than cublasGemmGroupedBatchedEx: simpler to get right; the launches are
-// few (<= E) next to the GEMMs of a prefill step.
+// The prefill path: one CublasWeightGemm per non-empty group, y_e (n_e, out) = x_e (n_e, in) .
+// W_e^T (F16 / BF16 weights meet x rounded to their dtype). Per-group GEMMs rather than
+// cublasGemmGroupedBatchedEx: simpler to get right; the launches are few (<= E) next to the GEMMs
+// of a prefill step.
 absl::Status GroupedGemm(CudaBackend& backend, const GroupedMatMulParams& p) {
   const int32_t groups = p.w.groups;
   std::vector<int32_t> offsets(static_cast<size_t>(groups) + 1);
@@ -106,21 +86,19 @@ absl::Status GroupedGemm(CudaBackend& backend, const GroupedMatMulParams& p) {
                                           static_cast<int64_t>(offsets.size() * sizeof(int32_t))));
   CMOE_RETURN_IF_ERROR(CheckOffsets(offsets, p.num_rows));
   CMOE_ASSIGN_OR_RETURN(const void* x, PrepareGemmInput(backend, p));
-  const cudaDataType_t type = CublasType(p.w.dtype);
   const int64_t element = static_cast<int64_t>(DTypeSize(p.w.dtype));
-  const int out = static_cast<int>(p.w.rows);
-  const int in = static_cast<int>(p.w.cols);
-  const float alpha = 1.0f;
-  const float beta = 0.0f;
   for (int32_t e = 0; e < groups; ++e) {
     const int n = offsets[e + 1] - offsets[e];
     if (n == 0) continue;
-    const void* a = static_cast<const char*>(p.w.data) + e * p.w.rows * p.w.cols * element;
-    const void* b = static_cast<const char*>(x) + offsets[e] * p.w.cols * element;
-    float* c = p.y + offsets[e] * p.w.rows;
-    CMOE_RETURN_IF_ERROR(backend.Check(CMOE_CUBLAS_STATUS(cublasGemmEx(
-        backend.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, a, type, in, b, type, in,
-        &beta, c, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT))));
+    CMOE_RETURN_IF_ERROR(CublasWeightGemm(
+        backend, {.w = static_cast<const char*>(p.w.data) + e * p.w.rows * p.w.cols * element,
+                  .x = static_cast<const char*>(x) + offsets[e] * p.w.cols * element,
+                  .y = p.y + offsets[e] * p.w.rows,
+                  .dtype = p.w.dtype,
+                  .m = p.w.rows,
+                  .n = n,
+                  .k = p.w.cols,
+                  .ldy = p.w.rows}));
   }
   return absl::OkStatus();
 }

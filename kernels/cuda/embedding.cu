@@ -7,12 +7,11 @@
 // stores); otherwise one. Blocks of up to 256 threads (a narrow row gets one warp per row).
 //
 // Tolerance against the CPU reference: bit-exact (widening F16 / BF16 to f32 is exact).
-#include <cuda_fp16.h>
-
 #include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/weight_widen.cuh"
 
 namespace cmoe::kernels::cuda {
 namespace {
@@ -21,56 +20,24 @@ constexpr int kMaxThreads = 256;
 constexpr int64_t kMaxRowBlocks = 65535;  // gridDim.y limit
 constexpr int64_t kMaxColBlocks = 65535;
 
-struct F32Weight {
-  using Storage = float;
-  using Storage4 = float4;
-  static __device__ __forceinline__ float Widen(float v) { return v; }
-  static __device__ __forceinline__ float4 Widen4(float4 v) { return v; }
-};
-
-struct F16Weight {
-  using Storage = uint16_t;
-  using Storage4 = uint2;
-  static __device__ __forceinline__ float Widen(uint16_t v) {
-    return __half2float(__ushort_as_half(v));
-  }
-  static __device__ __forceinline__ float4 Widen4(uint2 v) {
-    return make_float4(
-        Widen(static_cast<uint16_t>(v.x & 0xffffu)), Widen(static_cast<uint16_t>(v.x >> 16)),
-        Widen(static_cast<uint16_t>(v.y & 0xffffu)), Widen(static_cast<uint16_t>(v.y >> 16)));
-  }
-};
-
-struct Bf16Weight {
-  using Storage = uint16_t;
-  using Storage4 = uint2;
-  static __device__ __forceinline__ float Widen(uint16_t v) {
-    return __uint_as_float(static_cast<uint32_t>(v) << 16);
-  }
-  static __device__ __forceinline__ float4 Widen4(uint2 v) {
-    return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
-                       __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
-  }
-};
-
 // kVec4: dim % 4 == 0 and both pointers aligned for 4-element accesses (checked by the launcher).
 template <class W, bool kVec4>
 __global__ void __launch_bounds__(kMaxThreads)
-    EmbeddingKernel(const typename W::Storage* __restrict__ table, const int32_t* __restrict__ ids,
+    EmbeddingKernel(const WeightBits<W>* __restrict__ table, const int32_t* __restrict__ ids,
                     int64_t num_ids, int64_t dim, float* __restrict__ out) {
   const int64_t per_thread = kVec4 ? 4 : 1;
   const int64_t units = dim / per_thread;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t t = blockIdx.y; t < num_ids; t += gridDim.y) {
-    const typename W::Storage* src = table + static_cast<int64_t>(ids[t]) * dim;
+    const WeightBits<W>* src = table + static_cast<int64_t>(ids[t]) * dim;
     float* dst = out + t * dim;
     for (int64_t u = first; u < units; u += stride) {
       if constexpr (kVec4) {
-        const auto packed = reinterpret_cast<const typename W::Storage4*>(src)[u];
-        reinterpret_cast<float4*>(dst)[u] = W::Widen4(packed);
+        const auto packed = reinterpret_cast<const WeightBits4<W>*>(src)[u];
+        reinterpret_cast<float4*>(dst)[u] = WidenVector4<W>(packed);
       } else {
-        dst[u] = W::Widen(src[u]);
+        dst[u] = WeightTraits<W>::Widen(src[u]);
       }
     }
   }
@@ -82,13 +49,12 @@ template <class W>
 cudaError_t Launch(const WeightView& table, const int32_t* ids, int64_t num_ids, float* out,
                    cudaStream_t stream) {
   const int64_t dim = table.cols;
-  const bool vec4 =
-      dim % 4 == 0 && Aligned(out, 16) && Aligned(table.data, 4 * sizeof(typename W::Storage));
+  const bool vec4 = dim % 4 == 0 && Aligned(out, 16) && Aligned(table.data, 4 * sizeof(W));
   const int64_t units = vec4 ? dim / 4 : dim;
   const int threads = static_cast<int>(std::min<int64_t>(kMaxThreads, (units + 31) / 32 * 32));
   const dim3 grid(static_cast<unsigned>(std::min(kMaxColBlocks, (units + threads - 1) / threads)),
                   static_cast<unsigned>(std::min(kMaxRowBlocks, num_ids)));
-  const auto* data = static_cast<const typename W::Storage*>(table.data);
+  const auto* data = static_cast<const WeightBits<W>*>(table.data);
   if (vec4) {
     EmbeddingKernel<W, true><<<grid, threads, 0, stream>>>(data, ids, num_ids, dim, out);
   } else {
@@ -105,11 +71,11 @@ cudaError_t LaunchEmbedding(const WeightView& table, const int32_t* ids, int64_t
   if (num_ids == 0 || table.cols == 0) return cudaSuccess;
   switch (table.dtype) {
     case DType::kF32:
-      return Launch<F32Weight>(table, ids, num_ids, out, stream);
+      return Launch<float>(table, ids, num_ids, out, stream);
     case DType::kF16:
-      return Launch<F16Weight>(table, ids, num_ids, out, stream);
+      return Launch<__half>(table, ids, num_ids, out, stream);
     case DType::kBF16:
-      return Launch<Bf16Weight>(table, ids, num_ids, out, stream);
+      return Launch<__nv_bfloat16>(table, ids, num_ids, out, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -37,6 +37,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/weight_widen.cuh"
 
 namespace cmoe::kernels::cuda {
 namespace {
@@ -75,45 +76,6 @@ struct GemvArgs {
   bool x_vec;  // x rows may be staged with float4 loads
   bool accumulate;
 };
-
-// Weight element types as raw bits: Bits is what one element occupies.
-template <class W>
-struct WeightTraits;
-template <>
-struct WeightTraits<float> {
-  using Bits = unsigned int;
-  static __device__ __forceinline__ float Widen(Bits b) { return __uint_as_float(b); }
-};
-template <>
-struct WeightTraits<__half> {
-  using Bits = unsigned short;
-  static __device__ __forceinline__ float Widen(Bits b) {
-    return __half2float(__ushort_as_half(b));
-  }
-};
-template <>
-struct WeightTraits<__nv_bfloat16> {
-  using Bits = unsigned short;
-  static __device__ __forceinline__ float Widen(Bits b) {
-    return __uint_as_float(static_cast<unsigned int>(b) << 16);
-  }
-};
-
-// The 16-byte vector q widened: 4 f32 or 8 f16 / bf16 elements in memory order.
-template <class W>
-__device__ __forceinline__ void WidenVector(const uint4& q, float* f) {
-  const unsigned int words[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (sizeof(W) == 4) {
-      f[i] = __uint_as_float(words[i]);
-    } else {
-      using Tr = WeightTraits<W>;
-      f[2 * i] = Tr::Widen(static_cast<unsigned short>(words[i] & 0xffffu));
-      f[2 * i + 1] = Tr::Widen(static_cast<unsigned short>(words[i] >> 16));
-    }
-  }
-}
 
 // Shared-memory position of column k (relative to the tile) of a staged x row. For 16-bit
 // weights, column 8c + 4h + j of a 256-column block (vector c < 32, half h, j < 4) goes to
@@ -175,7 +137,7 @@ __device__ __forceinline__ void FmaVector(const uint4 (&q)[R], const float* xs, 
   constexpr int kVec = 16 / static_cast<int>(sizeof(W));
   float wf[R][kVec];
 #pragma unroll
-  for (int r = 0; r < R; ++r) WidenVector<W>(q[r], wf[r]);
+  for (int r = 0; r < R; ++r) WidenVector16<W>(q[r], wf[r]);
 #pragma unroll
   for (int t = 0; t < T; ++t) {
     const float4* row = reinterpret_cast<const float4*>(xs + t * kt);
@@ -232,7 +194,7 @@ template <class W, int T, int R>
 __device__ __forceinline__ void DotScalar(const W* const (&rows)[R], const float* xs, int kt,
                                           int len, int lane, float (&acc)[T][R]) {
   using Tr = WeightTraits<W>;
-  using Bits = typename Tr::Bits;
+  using Bits = WeightBits<W>;
   constexpr int kU = kScalarsInFlight / R;
   int k = lane;
 #pragma unroll 1

@@ -25,9 +25,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "kernels/cuda/grouped_gemv.cuh"
+#include "kernels/cuda/weight_widen.cuh"
 
 namespace cmoe::kernels::cuda {
 namespace {
@@ -52,28 +52,6 @@ struct GemvArgs {
   int32_t groups;
   int32_t num_rows;
 };
-
-__device__ __forceinline__ float Widen(float v) { return v; }
-__device__ __forceinline__ float Widen(__half v) { return __half2float(v); }
-__device__ __forceinline__ float Widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-// The 16 bytes `raw` as 16 / sizeof(W) floats.
-template <class W>
-__device__ __forceinline__ void Widen16(const uint4& raw, float* out) {
-  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (sizeof(W) == 4) {
-      out[i] = __uint_as_float(words[i]);
-    } else if constexpr (std::is_same_v<W, __nv_bfloat16>) {
-      out[2 * i] = __uint_as_float(words[i] << 16);
-      out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-    } else {
-      out[2 * i] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[i] & 0xffffu)));
-      out[2 * i + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[i] >> 16)));
-    }
-  }
-}
 
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
@@ -152,7 +130,7 @@ __device__ __forceinline__ void GemvTile(const GemvArgs& a, const W* w, int n_ou
         if (cc >= chunks) continue;
         float wf[kOutPerWarp][kV];
 #pragma unroll
-        for (int q = 0; q < kOutPerWarp; ++q) Widen16<W>(raw[u][q], wf[q]);
+        for (int q = 0; q < kOutPerWarp; ++q) WidenVector16<W>(raw[u][q], wf[q]);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           float xv[kV];
@@ -176,7 +154,7 @@ __device__ __forceinline__ void GemvTile(const GemvArgs& a, const W* w, int n_ou
     for (int64_t i = lane; i < a.in; i += kWarpSize) {
       float wf[kOutPerWarp];
 #pragma unroll
-      for (int q = 0; q < kOutPerWarp; ++q) wf[q] = q < n_out ? Widen(w[q * a.in + i]) : 0.0f;
+      for (int q = 0; q < kOutPerWarp; ++q) wf[q] = q < n_out ? WidenWeight(w[q * a.in + i]) : 0.0f;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const float xv = __ldg(xr[r] + i);

@@ -10,50 +10,17 @@
 // Tolerance against the CPU reference (double sum, double scale): the f32 sum of squares differs
 // by ~1e-7 relative, so every output is within a few f32 ulps: |got - want| <= 1e-5 + 1e-4 |want|
 // and normalised MSE <= 1e-10 (kF32Tolerance) are asserted.
-#include <cuda_fp16.h>
-
 #include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/rms_norm.cuh"
+#include "kernels/cuda/weight_widen.cuh"
 
 namespace cmoe::kernels::cuda {
 namespace {
 
 constexpr int kMaxThreads = 1024;
 constexpr int64_t kMaxBlocks = 65535;
-
-struct F32Weight {
-  using Storage = float;
-  using Storage4 = float4;
-  static __device__ __forceinline__ float Widen(float v) { return v; }
-  static __device__ __forceinline__ float4 Widen4(float4 v) { return v; }
-};
-
-struct F16Weight {
-  using Storage = uint16_t;
-  using Storage4 = uint2;
-  static __device__ __forceinline__ float Widen(uint16_t v) {
-    return __half2float(__ushort_as_half(v));
-  }
-  static __device__ __forceinline__ float4 Widen4(uint2 v) {
-    return make_float4(
-        Widen(static_cast<uint16_t>(v.x & 0xffffu)), Widen(static_cast<uint16_t>(v.x >> 16)),
-        Widen(static_cast<uint16_t>(v.y & 0xffffu)), Widen(static_cast<uint16_t>(v.y >> 16)));
-  }
-};
-
-struct Bf16Weight {
-  using Storage = uint16_t;
-  using Storage4 = uint2;
-  static __device__ __forceinline__ float Widen(uint16_t v) {
-    return __uint_as_float(static_cast<uint32_t>(v) << 16);
-  }
-  static __device__ __forceinline__ float4 Widen4(uint2 v) {
-    return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
-                       __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
-  }
-};
 
 __device__ __forceinline__ float WarpSum(float v) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -77,7 +44,7 @@ __device__ __forceinline__ float BlockSum(float v, float* partial) {
 template <class W, bool kVec4>
 __global__ void __launch_bounds__(kMaxThreads)
     RmsNormKernel(const float* x, int64_t rows, int64_t dim,
-                  const typename W::Storage* __restrict__ weight, float eps, float* y) {
+                  const WeightBits<W>* __restrict__ weight, float eps, float* y) {
   __shared__ float partial[32];
   const int64_t units = kVec4 ? dim / 4 : dim;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -101,11 +68,11 @@ __global__ void __launch_bounds__(kMaxThreads)
     for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
       if constexpr (kVec4) {
         const float4 a = reinterpret_cast<const float4*>(xr)[u];
-        const float4 w = W::Widen4(reinterpret_cast<const typename W::Storage4*>(weight)[u]);
+        const float4 w = WidenVector4<W>(reinterpret_cast<const WeightBits4<W>*>(weight)[u]);
         reinterpret_cast<float4*>(yr)[u] =
             make_float4(a.x * inv * w.x, a.y * inv * w.y, a.z * inv * w.z, a.w * inv * w.w);
       } else {
-        yr[u] = xr[u] * inv * W::Widen(weight[u]);
+        yr[u] = xr[u] * inv * WeightTraits<W>::Widen(weight[u]);
       }
     }
   }
@@ -117,12 +84,12 @@ template <class W>
 cudaError_t Launch(const float* x, int64_t rows, const WeightView& weight, float eps, float* y,
                    cudaStream_t stream) {
   const int64_t dim = weight.elements();
-  const bool vec4 = dim % 4 == 0 && Aligned(x, 16) && Aligned(y, 16) &&
-                    Aligned(weight.data, 4 * sizeof(typename W::Storage));
+  const bool vec4 =
+      dim % 4 == 0 && Aligned(x, 16) && Aligned(y, 16) && Aligned(weight.data, 4 * sizeof(W));
   const int64_t units = vec4 ? dim / 4 : dim;
   const int threads = static_cast<int>(std::min<int64_t>(kMaxThreads, (units + 31) / 32 * 32));
   const auto blocks = static_cast<unsigned>(std::min(kMaxBlocks, rows));
-  const auto* w = static_cast<const typename W::Storage*>(weight.data);
+  const auto* w = static_cast<const WeightBits<W>*>(weight.data);
   if (vec4) {
     RmsNormKernel<W, true><<<blocks, threads, 0, stream>>>(x, rows, dim, w, eps, y);
   } else {
@@ -139,11 +106,11 @@ cudaError_t LaunchRmsNorm(const float* x, int64_t rows, const WeightView& weight
   if (rows == 0 || weight.elements() == 0) return cudaSuccess;
   switch (weight.dtype) {
     case DType::kF32:
-      return Launch<F32Weight>(x, rows, weight, eps, y, stream);
+      return Launch<float>(x, rows, weight, eps, y, stream);
     case DType::kF16:
-      return Launch<F16Weight>(x, rows, weight, eps, y, stream);
+      return Launch<__half>(x, rows, weight, eps, y, stream);
     case DType::kBF16:
-      return Launch<Bf16Weight>(x, rows, weight, eps, y, stream);
+      return Launch<__nv_bfloat16>(x, rows, weight, eps, y, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -698,6 +698,40 @@ std::vector<float> ScoresOf(std::span<const float> logits, int64_t num_tokens, i
   return scores;
 }
 
+// BuildDispatch's outputs for T tokens, k slots each, over n experts, on the host.
+struct DispatchOutputs {
+  DispatchOutputs(int64_t tokens, int32_t k, int32_t n, int32_t fill)
+      : counts(n, fill),
+        offsets(n + 1, fill),
+        slot_token(tokens * k, fill),
+        slot_source(tokens * k, fill),
+        token_slot(tokens * k, fill) {}
+
+  std::vector<int32_t> counts, offsets, slot_token, slot_source, token_slot;
+};
+
+// b.BuildDispatch of `selected` (tokens x k ids over n experts) into `out`.
+absl::Status RunBuildDispatch(Backend& b, const std::vector<int32_t>& selected, int64_t tokens,
+                              int32_t k, int32_t n, DispatchOutputs& out) {
+  return b.BuildDispatch({.selected = selected.data(),
+                          .num_tokens = tokens,
+                          .k = k,
+                          .num_experts = n,
+                          .counts = out.counts.data(),
+                          .offsets = out.offsets.data(),
+                          .slot_token = out.slot_token.data(),
+                          .slot_source = out.slot_source.data(),
+                          .token_slot = out.token_slot.data()});
+}
+
+void ExpectPlanEquals(const DispatchOutputs& got, const DispatchPlan& want) {
+  EXPECT_EQ(Widen(got.counts), want.counts);
+  EXPECT_EQ(Widen(got.offsets), want.offsets);
+  EXPECT_EQ(got.slot_token, want.slot_token);
+  EXPECT_EQ(got.slot_source, want.slot_source);
+  EXPECT_EQ(got.token_slot, want.token_slot);
+}
+
 struct RouteCase {
   int64_t num_tokens;
   int32_t num_experts;
@@ -742,8 +776,7 @@ TEST(MoePipelineRouting, RouteTopKAndBuildDispatchEqualTheEngine) {
     ASSERT_TRUE(want_plan.ok()) << want_plan.status();
     for (Backend* b : {&Reference(), &FastCpu()}) {
       SCOPED_TRACE(std::string(b->Name()));
-      std::vector<int32_t> selected(p, -1), counts(n, -1), offsets(n + 1, -1), slot_token(p, -1),
-          slot_source(p, -1), token_slot(p, -1);
+      std::vector<int32_t> selected(p, -1);
       std::vector<float> weights(p, -1.0f);
       ASSERT_TRUE(b->RouteTopK({.logits = logits.data(),
                                 .num_tokens = c.num_tokens,
@@ -761,21 +794,9 @@ TEST(MoePipelineRouting, RouteTopKAndBuildDispatchEqualTheEngine) {
       if (!c.scale) {
         EXPECT_EQ(weights, want_w);  // exactly 1
       }
-      ASSERT_TRUE(b->BuildDispatch({.selected = selected.data(),
-                                    .num_tokens = c.num_tokens,
-                                    .k = c.k,
-                                    .num_experts = n,
-                                    .counts = counts.data(),
-                                    .offsets = offsets.data(),
-                                    .slot_token = slot_token.data(),
-                                    .slot_source = slot_source.data(),
-                                    .token_slot = token_slot.data()})
-                      .ok());
-      EXPECT_EQ(Widen(counts), want_plan->counts);
-      EXPECT_EQ(Widen(offsets), want_plan->offsets);
-      EXPECT_EQ(slot_token, want_plan->slot_token);
-      EXPECT_EQ(slot_source, want_plan->slot_source);
-      EXPECT_EQ(token_slot, want_plan->token_slot);
+      DispatchOutputs plan(c.num_tokens, c.k, n, -1);
+      ASSERT_TRUE(RunBuildDispatch(*b, selected, c.num_tokens, c.k, n, plan).ok());
+      ExpectPlanEquals(plan, *want_plan);
     }
   }
 }
@@ -795,24 +816,11 @@ TEST(MoePipelineRouting, BuildDispatchEqualsBuildDispatchPlan) {
     }
     absl::StatusOr<DispatchPlan> want = BuildDispatchPlan(selected, t, k, n);
     ASSERT_TRUE(want.ok()) << want.status();
-    const int64_t p = t * k;
     for (Backend* b : {&Reference(), &FastCpu()}) {
-      std::vector<int32_t> counts(n), offsets(n + 1), slot_token(p), slot_source(p), token_slot(p);
-      ASSERT_TRUE(b->BuildDispatch({.selected = selected.data(),
-                                    .num_tokens = t,
-                                    .k = k,
-                                    .num_experts = n,
-                                    .counts = counts.data(),
-                                    .offsets = offsets.data(),
-                                    .slot_token = slot_token.data(),
-                                    .slot_source = slot_source.data(),
-                                    .token_slot = token_slot.data()})
-                      .ok());
-      EXPECT_EQ(Widen(counts), want->counts) << "trial " << trial;
-      EXPECT_EQ(Widen(offsets), want->offsets) << "trial " << trial;
-      EXPECT_EQ(slot_token, want->slot_token) << "trial " << trial;
-      EXPECT_EQ(slot_source, want->slot_source) << "trial " << trial;
-      EXPECT_EQ(token_slot, want->token_slot) << "trial " << trial;
+      SCOPED_TRACE(::testing::Message() << b->Name() << " trial " << trial);
+      DispatchOutputs plan(t, k, n, 0);
+      ASSERT_TRUE(RunBuildDispatch(*b, selected, t, k, n, plan).ok());
+      ExpectPlanEquals(plan, *want);
     }
   }
 }
@@ -840,20 +848,12 @@ TEST(MoePipelineErrors, BuildDispatchRejectsBadIdsAndDuplicatesWritingNothing) {
   };
   for (Backend* b : {&Reference(), &FastCpu()}) {
     for (const std::vector<int32_t>& selected : bad) {
-      std::vector<int32_t> counts(4, kIntSentinel), offsets(5, kIntSentinel),
-          slot_token(6, kIntSentinel), slot_source(6, kIntSentinel), token_slot(6, kIntSentinel);
-      const absl::Status s = b->BuildDispatch({.selected = selected.data(),
-                                               .num_tokens = 3,
-                                               .k = 2,
-                                               .num_experts = 4,
-                                               .counts = counts.data(),
-                                               .offsets = offsets.data(),
-                                               .slot_token = slot_token.data(),
-                                               .slot_source = slot_source.data(),
-                                               .token_slot = token_slot.data()});
+      DispatchOutputs out(3, 2, 4, kIntSentinel);
+      const absl::Status s = RunBuildDispatch(*b, selected, 3, 2, 4, out);
       EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << b->Name() << ": " << s;
-      EXPECT_TRUE(AllIntSentinel(counts) && AllIntSentinel(offsets) && AllIntSentinel(slot_token) &&
-                  AllIntSentinel(slot_source) && AllIntSentinel(token_slot))
+      EXPECT_TRUE(AllIntSentinel(out.counts) && AllIntSentinel(out.offsets) &&
+                  AllIntSentinel(out.slot_token) && AllIntSentinel(out.slot_source) &&
+                  AllIntSentinel(out.token_slot))
           << b->Name() << ": BuildDispatch wrote before rejecting " << s;
     }
     // k outside [1, E].

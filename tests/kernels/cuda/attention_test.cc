@@ -136,8 +136,7 @@ void ExpectMatchesReference(Backend& gpu, HostCase& c, const std::string& what) 
     const std::span<const float> got_row(got.data() + row * row_floats,
                                          static_cast<size_t>(row_floats));
     if (!c.Covered(row)) {
-      EXPECT_TRUE(std::all_of(got_row.begin(), got_row.end(), IsSentinel<float>))
-          << what << ": uncovered row " << row << " was written";
+      EXPECT_TRUE(AllSentinels(got_row)) << what << ": uncovered row " << row << " was written";
       continue;
     }
     ExpectClose(got_row, std::span<const float>(want).subspan(row * row_floats, row_floats),
@@ -270,7 +269,7 @@ TEST(CudaAttention, NothingToDoWritesNothing) {
     GuardedDeviceArray<float> out(*gpu, c.num_rows * c.RowFloats());
     EXPECT_TRUE(gpu->Attention(c.Params(q.data(), k.data(), v.data(), out.data())).ok());
     const std::vector<float> got = out.Download();
-    EXPECT_TRUE(std::all_of(got.begin(), got.end(), IsSentinel<float>)) << no_sequences;
+    EXPECT_TRUE(AllSentinels(got)) << no_sequences;
   }
 }
 
@@ -297,7 +296,7 @@ TEST(CudaAttention, RejectsBadInputsAndWritesNothing) {
     params.n_heads = extra.n_heads;
     EXPECT_EQ(gpu->Attention(params).code(), absl::StatusCode::kInvalidArgument) << which;
     const std::vector<float> got = out.Download();
-    EXPECT_TRUE(std::all_of(got.begin(), got.end(), IsSentinel<float>)) << which;
+    EXPECT_TRUE(AllSentinels(got)) << which;
   }
   EXPECT_TRUE(gpu->Health().ok()) << gpu->Health();
 }

@@ -1,7 +1,10 @@
 #include "tests/kernels/cuda/cuda_test_util.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
+#include "common/half.h"
 #include "kernels/cuda/cuda_backend.h"
 
 namespace cmoe::kernels::cuda::testing {
@@ -19,6 +22,42 @@ std::unique_ptr<Backend> CudaBackendOrNull(std::string* skip_reason) {
     return nullptr;
   }
   return std::move(backend).value();
+}
+
+bool AllSentinels(std::span<const float> v) {
+  return std::all_of(v.begin(), v.end(), [](float f) { return IsSentinel(f); });
+}
+
+uint16_t HalfBits(DType dtype, float v) {
+  return dtype == DType::kBF16 ? FloatToBf16(v) : FloatToF16(v);
+}
+
+void MakeWeights(Backend& gpu, DType dtype, int64_t rows, int64_t cols, int64_t offset,
+                 std::mt19937& rng, Weights* w) {
+  const std::vector<float> values = RandomFloats(offset + rows * cols, rng);
+  const size_t size = DTypeSize(dtype);
+  w->host.resize(values.size() * size);
+  for (size_t i = 0; i < values.size(); ++i) {
+    uint8_t* dst = w->host.data() + i * size;
+    if (dtype == DType::kF32) {
+      std::memcpy(dst, &values[i], size);
+    } else {
+      const uint16_t h = HalfBits(dtype, values[i]);
+      std::memcpy(dst, &h, size);
+    }
+  }
+  const WeightView whole{.data = w->host.data(),
+                         .dtype = dtype,
+                         .rows = 1,
+                         .cols = static_cast<int64_t>(values.size())};
+  absl::StatusOr<WeightView> uploaded = gpu.UploadWeight(whole);
+  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
+  const size_t skip = static_cast<size_t>(offset) * size;
+  w->host_view = {.data = w->host.data() + skip, .dtype = dtype, .rows = rows, .cols = cols};
+  w->device_view = {.data = static_cast<const uint8_t*>(uploaded->data) + skip,
+                    .dtype = dtype,
+                    .rows = rows,
+                    .cols = cols};
 }
 
 std::vector<float> RandomFloats(int64_t n, std::mt19937& rng, float lo, float hi) {

@@ -1,11 +1,12 @@
 // Shared pieces of the CUDA parity tests (label gpu): a backend or a clean skip, device arrays
-// with sentinel guards, and the closeness checks with their stated bounds.
+// with sentinel guards (also one float off alignment), random weights of every dtype on the host
+// and the device, and the closeness checks with their stated bounds.
 //
 //   TEST(CudaRmsNorm, MatchesReference) {
 //     CMOE_CUDA_BACKEND_OR_SKIP(gpu);              // std::unique_ptr<Backend> gpu, or GTEST_SKIP
 //     GuardedDeviceArray<float> x(*gpu, host_x);   // uploaded between sentinel guards
 //     GuardedDeviceArray<float> y(*gpu, rows * dim);  // sentinel-filled output
-//     ASSERT_OK(gpu->RmsNorm(x.data(), rows, w, eps, y.data()));
+//     CMOE_ASSERT_OK(gpu->RmsNorm(x.data(), rows, w, eps, y.data()));
 //     std::vector<float> got = y.Download();       // fails the test if a guard was overwritten
 //     ExpectClose(got, want, kF32Tolerance, "RmsNorm");
 //   }
@@ -20,19 +21,32 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/dtype.h"
+#include "kernels/weight_view.h"
 
 namespace cmoe::kernels::cuda::testing {
 
 // The CUDA backend on device 0, or null with the reason the test skips (no CUDA device).
 std::unique_ptr<Backend> CudaBackendOrNull(std::string* skip_reason);
 
-#define CMOE_CUDA_BACKEND_OR_SKIP(var)                                                \
-  std::string var##_skip_reason;                                                      \
-  std::unique_ptr<::cmoe::kernels::Backend> var =                                     \
-      ::cmoe::kernels::cuda::testing::CudaBackendOrNull(&var##_skip_reason);          \
+#define CMOE_CUDA_BACKEND_OR_SKIP(var)                                       \
+  std::string var##_skip_reason;                                             \
+  std::unique_ptr<::cmoe::kernels::Backend> var =                            \
+      ::cmoe::kernels::cuda::testing::CudaBackendOrNull(&var##_skip_reason); \
   if (var == nullptr) GTEST_SKIP() << var##_skip_reason
+
+// Asserts that a Status expression is OK, naming the expression and the status otherwise.
+#define CMOE_ASSERT_OK(expr)                                               \
+  do {                                                                     \
+    const ::absl::Status cmoe_assert_ok_ = (expr);                         \
+    ASSERT_TRUE(cmoe_assert_ok_.ok()) << #expr << ": " << cmoe_assert_ok_; \
+  } while (false)
+
+// The weight dtypes every op takes.
+inline constexpr DType kWeightDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 
 inline constexpr int64_t kGuardElements = 64;
 
@@ -101,8 +115,60 @@ class GuardedDeviceArray {
   Buffer buffer_;
 };
 
+// A device float array whose data() lies `offset` floats past GuardedDeviceArray's 16-byte
+// aligned start: offset 1 sends the kernels down their scalar paths (x off its alignment). The
+// padding in front holds sentinels that must survive, like the guards.
+class OffsetArray {
+ public:
+  // `n` sentinels (an output).
+  OffsetArray(Backend& backend, int64_t n, int64_t offset)
+      : offset_(offset), array_(backend, n + offset) {}
+  // A copy of `host` (an input, or an output that is read too).
+  OffsetArray(Backend& backend, const std::vector<float>& host, int64_t offset)
+      : offset_(offset), array_(backend, Padded(host, offset)) {}
+
+  float* data() const { return array_.data() + offset_; }
+
+  // The elements after the padding; a failure is recorded if the padding or a guard changed.
+  std::vector<float> Download() const {
+    std::vector<float> all = array_.Download();
+    for (int64_t i = 0; i < offset_; ++i) {
+      EXPECT_TRUE(IsSentinel(all[i])) << "padding element " << i << " changed";
+    }
+    return {all.begin() + offset_, all.end()};
+  }
+
+ private:
+  static std::vector<float> Padded(const std::vector<float>& host, int64_t offset) {
+    std::vector<float> padded(static_cast<size_t>(offset), Sentinel<float>());
+    padded.insert(padded.end(), host.begin(), host.end());
+    return padded;
+  }
+
+  int64_t offset_;
+  GuardedDeviceArray<float> array_;
+};
+
+// True when every element is the float sentinel (an output nothing wrote).
+bool AllSentinels(std::span<const float> v);
+
 // Uniform floats in [lo, hi), never all zero.
 std::vector<float> RandomFloats(int64_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f);
+
+// The F16 or BF16 bits of v, rounded to nearest even (dtype is kF16 or kBF16).
+uint16_t HalfBits(DType dtype, float v);
+
+// A random (rows, cols) weight of `dtype` (values uniform in [-1, 1)): the host bytes, the host
+// view and the device view. The device view starts `offset` elements into a buffer from
+// UploadWeight (16-byte aligned), so offset 1 puts it off the alignment of the kernels' vector
+// loads (2 bytes off for 16-bit weights); the host view skips the same elements.
+struct Weights {
+  std::vector<uint8_t> host;
+  WeightView host_view;
+  WeightView device_view;
+};
+void MakeWeights(Backend& gpu, DType dtype, int64_t rows, int64_t cols, int64_t offset,
+                 std::mt19937& rng, Weights* w);
 
 struct Tolerance {
   double max_nmse;  // sum((got - want)^2) / sum(want^2)

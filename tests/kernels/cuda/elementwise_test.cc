@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -28,7 +27,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/half.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/reference_backend.h"
@@ -39,79 +37,6 @@ namespace {
 
 constexpr Tolerance kExact{.max_nmse = 0.0, .atol = 0.0, .rtol = 0.0};
 constexpr int64_t kManyRows = 70000;  // more than gridDim.y / the kernels' 65535-block cap
-const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
-
-// A device float array whose data() lies `offset` floats past GuardedDeviceArray's 16-byte
-// aligned start: offset 1 sends the kernels down their scalar paths. The padding in front holds
-// sentinels that must survive, like the guards.
-class OffsetArray {
- public:
-  // `n` sentinels (an output).
-  OffsetArray(Backend& backend, int64_t n, int64_t offset)
-      : offset_(offset), array_(backend, n + offset) {}
-  // A copy of `host` (an input, or an output that is read too).
-  OffsetArray(Backend& backend, const std::vector<float>& host, int64_t offset)
-      : offset_(offset), array_(backend, Padded(host, offset)) {}
-
-  float* data() const { return array_.data() + offset_; }
-
-  std::vector<float> Download() const {
-    std::vector<float> all = array_.Download();
-    for (int64_t i = 0; i < offset_; ++i) {
-      EXPECT_TRUE(IsSentinel(all[i])) << "padding element " << i << " changed";
-    }
-    return {all.begin() + offset_, all.end()};
-  }
-
- private:
-  static std::vector<float> Padded(const std::vector<float>& host, int64_t offset) {
-    std::vector<float> padded(static_cast<size_t>(offset), Sentinel<float>());
-    padded.insert(padded.end(), host.begin(), host.end());
-    return padded;
-  }
-
-  int64_t offset_;
-  GuardedDeviceArray<float> array_;
-};
-
-bool AllSentinels(const std::vector<float>& v) {
-  return std::all_of(v.begin(), v.end(), [](float f) { return IsSentinel(f); });
-}
-
-// A random (rows, cols) weight of `dtype`, `offset` elements past the start of its upload (so a
-// 16-bit view with offset 1 is 2 bytes off alignment), for the reference and the device.
-struct Weights {
-  std::vector<uint8_t> host;
-  WeightView host_view;
-  WeightView device_view;
-};
-
-void MakeWeights(Backend& gpu, DType dtype, int64_t rows, int64_t cols, int64_t offset,
-                 std::mt19937& rng, Weights* w) {
-  const std::vector<float> values = RandomFloats(offset + rows * cols, rng);
-  const size_t size = DTypeSize(dtype);
-  w->host.resize(values.size() * size);
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (dtype == DType::kF32) {
-      std::memcpy(w->host.data() + i * size, &values[i], 4);
-    } else {
-      const uint16_t h = dtype == DType::kBF16 ? FloatToBf16(values[i]) : FloatToF16(values[i]);
-      std::memcpy(w->host.data() + i * size, &h, 2);
-    }
-  }
-  const WeightView whole{.data = w->host.data(),
-                         .dtype = dtype,
-                         .rows = 1,
-                         .cols = static_cast<int64_t>(values.size())};
-  absl::StatusOr<WeightView> uploaded = gpu.UploadWeight(whole);
-  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
-  const size_t skip = static_cast<size_t>(offset) * size;
-  w->host_view = {.data = w->host.data() + skip, .dtype = dtype, .rows = rows, .cols = cols};
-  w->device_view = {.data = static_cast<const uint8_t*>(uploaded->data) + skip,
-                    .dtype = dtype,
-                    .rows = rows,
-                    .cols = cols};
-}
 
 // n ids in [0, vocab), the first and last of the vocabulary among them when n allows.
 std::vector<int32_t> RandomIds(int64_t n, int32_t vocab, std::mt19937& rng) {
@@ -141,7 +66,7 @@ TEST(CudaEmbedding, MatchesReferenceExactly) {
   const std::unique_ptr<Backend> reference = cpu::MakeReferenceBackend();
   std::mt19937 rng(101);
   constexpr int32_t kVocab = 37;
-  for (DType dtype : kDTypes) {
+  for (DType dtype : kWeightDTypes) {
     for (int64_t dim : {1, 3, 4, 33, 128, 130, 4096, 4097}) {
       for (int64_t table_offset : {0, 1}) {
         Weights table;
@@ -229,7 +154,7 @@ TEST(CudaRmsNorm, MatchesReference) {
   CMOE_CUDA_BACKEND_OR_SKIP(gpu);
   const std::unique_ptr<Backend> reference = cpu::MakeReferenceBackend();
   std::mt19937 rng(201);
-  for (DType dtype : kDTypes) {
+  for (DType dtype : kWeightDTypes) {
     // 20000 and 20001: more 4-element units than a block has threads.
     for (int64_t dim : {1, 3, 4, 32, 33, 130, 1024, 4096, 4097, 20000, 20001}) {
       for (int64_t rows : {1, 7}) {

@@ -28,7 +28,6 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <memory>
 #include <random>
@@ -46,8 +45,6 @@
 
 namespace cmoe::kernels::cuda::testing {
 namespace {
-
-const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 
 // GEMV and exact-f32 cuBLAS: f32 sums of unrounded products (see the header).
 Tolerance F32SumTolerance(int64_t in, double atol_per_sqrt_in) {
@@ -72,71 +69,6 @@ float RoundTo(DType dtype, float v) {
   if (dtype == DType::kBF16) return Bf16ToFloat(FloatToBf16(v));
   return v;
 }
-
-// A (rows, cols) weight: host bytes, the host view and the device view. The device copy starts
-// `offset` elements into an uploaded buffer (UploadWeight's is 16-byte aligned): offset 1 puts
-// the view off the alignment that the GEMV's vector loads need.
-struct Weights {
-  std::vector<uint8_t> host;
-  WeightView host_view;
-  WeightView device_view;
-};
-
-void MakeWeights(Backend& gpu, DType dtype, int64_t rows, int64_t cols, int64_t offset,
-                 std::mt19937& rng, Weights* w) {
-  const std::vector<float> values = RandomFloats(offset + rows * cols, rng);
-  const size_t size = DTypeSize(dtype);
-  w->host.resize(values.size() * size);
-  for (size_t i = 0; i < values.size(); ++i) {
-    uint8_t* dst = w->host.data() + i * size;
-    if (dtype == DType::kF32) {
-      std::memcpy(dst, &values[i], size);
-    } else {
-      const uint16_t h = dtype == DType::kF16 ? FloatToF16(values[i]) : FloatToBf16(values[i]);
-      std::memcpy(dst, &h, size);
-    }
-  }
-  const WeightView whole{.data = w->host.data(),
-                         .dtype = dtype,
-                         .rows = 1,
-                         .cols = static_cast<int64_t>(values.size())};
-  absl::StatusOr<WeightView> uploaded = gpu.UploadWeight(whole);
-  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
-  const size_t skip = static_cast<size_t>(offset) * size;
-  w->host_view = {.data = w->host.data() + skip, .dtype = dtype, .rows = rows, .cols = cols};
-  w->device_view = {.data = static_cast<const uint8_t*>(uploaded->data) + skip,
-                    .dtype = dtype,
-                    .rows = rows,
-                    .cols = cols};
-}
-
-// A device float array whose data() lies `offset` floats past GuardedDeviceArray's aligned start
-// (offset 1: x off its 16-byte alignment); the padding must keep its sentinels.
-class OffsetArray {
- public:
-  OffsetArray(Backend& backend, const std::vector<float>& host, int64_t offset)
-      : offset_(offset), array_(backend, Padded(host, offset)) {}
-
-  float* data() const { return array_.data() + offset_; }
-
-  std::vector<float> Download() const {
-    std::vector<float> all = array_.Download();
-    for (int64_t i = 0; i < offset_; ++i) {
-      EXPECT_TRUE(IsSentinel(all[i])) << "padding element " << i << " changed";
-    }
-    return {all.begin() + offset_, all.end()};
-  }
-
- private:
-  static std::vector<float> Padded(const std::vector<float>& host, int64_t offset) {
-    std::vector<float> padded(static_cast<size_t>(offset), Sentinel<float>());
-    padded.insert(padded.end(), host.begin(), host.end());
-    return padded;
-  }
-
-  int64_t offset_;
-  GuardedDeviceArray<float> array_;
-};
 
 struct Call {
   int64_t rows = 0;  // token rows of x
@@ -211,7 +143,7 @@ TEST(CudaMatMul, GemvMatchesReferenceOnAwkwardShapes) {
   };
   const Shape shapes[] = {{1, 1},    {7, 7},     {33, 33},   {130, 130}, {7, 4097},
                           {33, 256}, {130, 264}, {64, 1000}, {17, 4104}};
-  for (const DType dtype : kDTypes) {
+  for (const DType dtype : kWeightDTypes) {
     for (const Shape& shape : shapes) {
       Weights w;
       MakeWeights(*gpu, dtype, shape.out, shape.in, 0, rng, &w);
@@ -226,7 +158,7 @@ TEST(CudaMatMul, GemvMatchesReferenceOnAwkwardShapes) {
 TEST(CudaMatMul, GemvMatchesReferenceWithColumnTiles) {
   CMOE_CUDA_BACKEND_OR_SKIP(gpu);
   std::mt19937 rng(2);
-  for (const DType dtype : kDTypes) {
+  for (const DType dtype : kWeightDTypes) {
     for (const int64_t in : {24584, 24583}) {
       Weights w;
       MakeWeights(*gpu, dtype, 9, in, 0, rng, &w);
@@ -239,7 +171,7 @@ TEST(CudaMatMul, GemvMatchesReferenceWithColumnTiles) {
 TEST(CudaMatMul, GemvMatchesReferenceOffAlignment) {
   CMOE_CUDA_BACKEND_OR_SKIP(gpu);
   std::mt19937 rng(3);
-  for (const DType dtype : kDTypes) {
+  for (const DType dtype : kWeightDTypes) {
     Weights aligned;
     MakeWeights(*gpu, dtype, 130, 4096, 0, rng, &aligned);
     Weights unaligned;
@@ -258,7 +190,7 @@ TEST(CudaMatMul, GemvMatchesReferenceOffAlignment) {
 TEST(CudaMatMul, GemvMatchesReferenceOnLlamaShapes) {
   CMOE_CUDA_BACKEND_OR_SKIP(gpu);
   std::mt19937 rng(4);
-  for (const DType dtype : kDTypes) {
+  for (const DType dtype : kWeightDTypes) {
     for (const bool down : {false, true}) {
       Weights w;
       MakeWeights(*gpu, dtype, down ? 4096 : 11008, down ? 11008 : 4096, 0, rng, &w);
@@ -298,7 +230,7 @@ TEST(CudaMatMul, CublasMatchesReference) {
     int64_t out, in;
   };
   const Shape shapes[] = {{130, 4097}, {1000, 512}, {7, 33}};
-  for (const DType dtype : kDTypes) {
+  for (const DType dtype : kWeightDTypes) {
     for (const Shape& shape : shapes) {
       Weights w;
       MakeWeights(*gpu, dtype, shape.out, shape.in, 0, rng, &w);
@@ -332,10 +264,6 @@ TEST(CudaMatMul, ZeroWidthWeightZeroesOrKeepsY) {
     EXPECT_EQ(zeroed.Download(), std::vector<float>(y0.size(), 0.0f)) << rows << " rows";
   }
   EXPECT_TRUE(gpu->Health().ok());
-}
-
-bool AllSentinels(const std::vector<float>& v) {
-  return std::all_of(v.begin(), v.end(), [](float f) { return IsSentinel(f); });
 }
 
 TEST(CudaMatMul, EmptyCallsWriteNothing) {
@@ -429,7 +357,7 @@ TEST(CudaCast, RoundsToNearestEvenLikeTheHost) {
       const std::vector<uint16_t> got = out.Download();
       for (size_t i = 0; i < values.size(); ++i) {
         const float v = values[i];
-        const uint16_t want = dtype == DType::kF16 ? FloatToF16(v) : FloatToBf16(v);
+        const uint16_t want = HalfBits(dtype, v);
         const float got_value = dtype == DType::kF16 ? F16ToFloat(got[i]) : Bf16ToFloat(got[i]);
         if (std::isnan(v)) {
           EXPECT_TRUE(std::isnan(got_value)) << Name(dtype) << " element " << i;

@@ -33,7 +33,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "common/half.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
@@ -44,13 +43,6 @@
 namespace cmoe::kernels::cuda::testing {
 namespace {
 
-#define CMOE_ASSERT_OK(expr)                    \
-  do {                                          \
-    const ::absl::Status assert_ok_ = (expr);   \
-    ASSERT_TRUE(assert_ok_.ok()) << assert_ok_; \
-  } while (false)
-
-const DType kDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 // CudaBackend::GroupedMatMul takes the grouped GEMV while num_rows <= 8 * groups.
 constexpr int64_t kGemvRowsPerGroup = 8;
 
@@ -514,7 +506,7 @@ class GroupedWeights {
     }
     bits_.resize(f32_.size());
     for (size_t i = 0; i < f32_.size(); ++i) {
-      bits_[i] = dtype == DType::kBF16 ? FloatToBf16(f32_[i]) : FloatToF16(f32_[i]);
+      bits_[i] = HalfBits(dtype, f32_[i]);
     }
     std::vector<uint16_t> padded(offset, 0);
     padded.insert(padded.end(), bits_.begin(), bits_.end());
@@ -616,7 +608,7 @@ TEST(CudaGroupedMatMul, GemvPathMatchesReference) {
       {.out = 33, .in = 200, .counts = {8, 8, 8, 8}},             // exactly 8 per group
   };
   for (const GroupedCase& c : cases) {
-    for (const DType dtype : kDTypes) {
+    for (const DType dtype : kWeightDTypes) {
       for (const bool with_row_index : {false, true}) {
         ASSERT_NO_FATAL_FAILURE(
             ExpectGroupedParity(*gpu, c, dtype, with_row_index, /*expect_gemv=*/true, rng));
@@ -629,7 +621,7 @@ TEST(CudaGroupedMatMul, GemvPathWithUnalignedWeights) {
   CMOE_CUDA_BACKEND_OR_SKIP(gpu);
   std::mt19937 rng(32);
   const GroupedCase c{.out = 16, .in = 64, .counts = {2, 0, 1, 3}};
-  for (const DType dtype : kDTypes) {
+  for (const DType dtype : kWeightDTypes) {
     ASSERT_NO_FATAL_FAILURE(ExpectGroupedParity(*gpu, c, dtype, /*with_row_index=*/true,
                                                 /*expect_gemv=*/true, rng, /*weight_offset=*/1));
   }
@@ -650,7 +642,7 @@ TEST(CudaGroupedMatMul, CublasPathMatchesReference) {
       {.out = 256, .in = 384, .counts = spread},
   };
   for (const GroupedCase& c : cases) {
-    for (const DType dtype : kDTypes) {
+    for (const DType dtype : kWeightDTypes) {
       for (const bool with_row_index : {false, true}) {
         ASSERT_NO_FATAL_FAILURE(
             ExpectGroupedParity(*gpu, c, dtype, with_row_index, /*expect_gemv=*/false, rng));
@@ -855,7 +847,7 @@ void ExpectLayerParity(Backend& gpu, int64_t tokens, DType dtype, const Toleranc
 
 TEST(CudaMoeLayer, DecodeStepOnTheGemvPathMatchesReference) {
   CMOE_CUDA_BACKEND_OR_SKIP(gpu);
-  for (const DType dtype : kDTypes) {
+  for (const DType dtype : kWeightDTypes) {
     for (const int64_t tokens : {int64_t{1}, int64_t{4}, int64_t{32}}) {  // P = 2, 8, 64 <= 64
       ASSERT_NO_FATAL_FAILURE(ExpectLayerParity(*gpu, tokens, dtype, kF32Tolerance));
     }
@@ -864,7 +856,7 @@ TEST(CudaMoeLayer, DecodeStepOnTheGemvPathMatchesReference) {
 
 TEST(CudaMoeLayer, PrefillOnTheCublasPathMatchesReference) {
   CMOE_CUDA_BACKEND_OR_SKIP(gpu);
-  for (const DType dtype : kDTypes) {
+  for (const DType dtype : kWeightDTypes) {
     for (const int64_t tokens : {int64_t{33}, int64_t{257}}) {  // P = 66, 514 > 64
       ASSERT_NO_FATAL_FAILURE(ExpectLayerParity(*gpu, tokens, dtype, GemmTolerance(dtype)));
     }

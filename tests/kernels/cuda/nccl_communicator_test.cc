@@ -18,6 +18,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -35,12 +36,6 @@
 
 namespace cmoe::kernels::cuda::testing {
 namespace {
-
-#define CMOE_ASSERT_OK(expr)                     \
-  do {                                           \
-    const absl::Status s_ = (expr);              \
-    ASSERT_TRUE(s_.ok()) << #expr << ": " << s_; \
-  } while (false)
 
 int DeviceCount() {
   const absl::StatusOr<int> count = CudaDeviceCount();
@@ -281,56 +276,61 @@ void ExpectExchanged(const std::vector<RankBuffers>& buffers,
   }
 }
 
-TEST(NcclCommunicator, TwoRanksOneThreadEach) {
-  if (DeviceCount() < 2) GTEST_SKIP() << "needs two CUDA devices, found " << DeviceCount();
+// Both ranks' buffers, made on this thread before any rank starts.
+std::vector<RankBuffers> MakeTwoRankBuffers() {
   std::vector<RankBuffers> buffers;
   buffers.reserve(2);
   for (int r = 0; r < 2; ++r) buffers.push_back(MakeRankBuffers(r));
-  ASSERT_FALSE(::testing::Test::HasFailure());
-  const int devices[] = {0, 1};
-  absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> comms =
-      MakeNcclCommunicators(devices);
-  ASSERT_TRUE(comms.ok()) << comms.status();
+  return buffers;
+}
+
+// One rank's part of a two-rank run, on the rank's own thread: Exchange over its communicator.
+using RankRun = std::function<absl::Status(
+    int rank, RankBuffers& b, std::vector<int64_t>* recv_counts, std::vector<float>* got)>;
+
+// Runs ranks 0 and 1 on a thread each and checks that both succeed and receive what they should.
+void ExpectTwoRankExchange(std::vector<RankBuffers>& buffers, const RankRun& run) {
   std::vector<absl::Status> statuses(2);
   std::vector<std::vector<int64_t>> recv_counts(2);
   std::vector<std::vector<float>> got(2);
   std::vector<std::thread> threads;
   threads.reserve(2);
   for (int r = 0; r < 2; ++r) {
-    threads.emplace_back(
-        [&, r] { statuses[r] = Exchange(*(*comms)[r], buffers[r], &recv_counts[r], &got[r]); });
+    threads.emplace_back([&, r] { statuses[r] = run(r, buffers[r], &recv_counts[r], &got[r]); });
   }
   for (std::thread& t : threads) t.join();
   for (int r = 0; r < 2; ++r) EXPECT_TRUE(statuses[r].ok()) << "rank " << r << ": " << statuses[r];
   ExpectExchanged(buffers, recv_counts, got);
 }
 
+TEST(NcclCommunicator, TwoRanksOneThreadEach) {
+  if (DeviceCount() < 2) GTEST_SKIP() << "needs two CUDA devices, found " << DeviceCount();
+  std::vector<RankBuffers> buffers = MakeTwoRankBuffers();
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  const int devices[] = {0, 1};
+  absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> comms =
+      MakeNcclCommunicators(devices);
+  ASSERT_TRUE(comms.ok()) << comms.status();
+  ExpectTwoRankExchange(buffers, [&comms](int r, RankBuffers& b, std::vector<int64_t>* recv_counts,
+                                          std::vector<float>* got) {
+    return Exchange(*(*comms)[r], b, recv_counts, got);
+  });
+}
+
 TEST(NcclCommunicator, TwoRanksFromAUniqueId) {
   if (DeviceCount() < 2) GTEST_SKIP() << "needs two CUDA devices, found " << DeviceCount();
-  std::vector<RankBuffers> buffers;
-  buffers.reserve(2);
-  for (int r = 0; r < 2; ++r) buffers.push_back(MakeRankBuffers(r));
+  std::vector<RankBuffers> buffers = MakeTwoRankBuffers();
   ASSERT_FALSE(::testing::Test::HasFailure());
   const absl::StatusOr<ncclUniqueId> id = MakeNcclUniqueId();
   ASSERT_TRUE(id.ok()) << id.status();
-  std::vector<absl::Status> statuses(2);
-  std::vector<std::vector<int64_t>> recv_counts(2);
-  std::vector<std::vector<float>> got(2);
-  std::vector<std::thread> threads;
-  threads.reserve(2);
-  for (int r = 0; r < 2; ++r) {
-    threads.emplace_back([&, r] {
-      // Each rank joins (ncclCommInitRank blocks until both have), exchanges, and destroys its
-      // communicator on its own thread, as separate processes would.
-      absl::StatusOr<std::unique_ptr<NcclCommunicator>> comm =
-          MakeNcclCommunicator(*id, r, 2, /*device=*/r);
-      statuses[r] =
-          comm.ok() ? Exchange(**comm, buffers[r], &recv_counts[r], &got[r]) : comm.status();
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  for (int r = 0; r < 2; ++r) EXPECT_TRUE(statuses[r].ok()) << "rank " << r << ": " << statuses[r];
-  ExpectExchanged(buffers, recv_counts, got);
+  ExpectTwoRankExchange(buffers, [&id](int r, RankBuffers& b, std::vector<int64_t>* recv_counts,
+                                       std::vector<float>* got) {
+    // Each rank joins (ncclCommInitRank blocks until both have), exchanges, and destroys its
+    // communicator on its own thread, as separate processes would.
+    absl::StatusOr<std::unique_ptr<NcclCommunicator>> comm =
+        MakeNcclCommunicator(*id, r, 2, /*device=*/r);
+    return comm.ok() ? Exchange(**comm, b, recv_counts, got) : comm.status();
+  });
 }
 
 }  // namespace
