@@ -29,9 +29,12 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMOE_BUILD_TESTS=
       -DCMOE_BUILD_BENCHMARKS=OFF -DCMOE_CUDA=${CMOE_CUDA} \
  && cmake --build /build --target cmoe-serve cmoe-cli cmoe-carve cmoe-convert cmoe-eval \
       cmoe-generate \
- && mkdir -p /out/bin \
+ && mkdir -p /out/bin /out/lib \
  && cp /build/bin/cmoe-serve /build/bin/cmoe-cli /build/bin/cmoe-carve /build/bin/cmoe-convert \
       /build/bin/cmoe-eval /build/bin/cmoe-generate /out/bin/ \
+ && if [ "${CMOE_CUDA}" = ON ]; then \
+      cmake --build /build --target cmoe_kernels_cuda \
+      && cp /build/lib/libcmoe_kernels_cuda.so /out/lib/; fi \
  && strip --strip-unneeded /out/bin/* \
  && scripts/runtime-packages.sh /out/bin/* > /out/runtime-packages.txt
 
@@ -46,6 +49,8 @@ RUN apt-get update -qq \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin cmoe
 COPY --from=build /out/bin/ /usr/local/bin/
+# The CUDA backend plugin (CUDA builds only), found by the binaries at ../lib.
+COPY --from=build /out/lib/ /usr/local/lib/
 USER 10001:10001
 VOLUME ["/models"]
 # gRPC (cmoe.v1.Inference, grpc.health.v1.Health, reflection) and Prometheus /metrics.
