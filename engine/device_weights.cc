@@ -44,8 +44,7 @@ absl::StatusOr<WeightView> UploadStacked(kernels::Backend& backend, std::span<co
     }
     dst += b.rows * cols * size;
   }
-  return backend.UploadWeight(
-      {.data = staged.data(), .dtype = dtype, .rows = rows, .cols = cols});
+  return backend.UploadWeight({.data = staged.data(), .dtype = dtype, .rows = rows, .cols = cols});
 }
 
 absl::StatusOr<kernels::Buffer> UploadFloats(kernels::Backend& backend,
@@ -83,15 +82,14 @@ absl::Status UploadRouted(kernels::Backend& backend, const MoeLayerWeights& m, i
   CMOE_ASSIGN_OR_RETURN(WeightView gu, UploadStacked(backend, gate_up, dtype, dim, what));
   CMOE_ASSIGN_OR_RETURN(WeightView dn, UploadStacked(backend, down, dtype, width, what));
   out.num_routed = n;
-  out.expert_gate_up = {.data = gu.data, .dtype = dtype, .groups = n, .rows = 2 * width,
-                        .cols = dim};
+  out.expert_gate_up = {
+      .data = gu.data, .dtype = dtype, .groups = n, .rows = 2 * width, .cols = dim};
   out.expert_down = {.data = dn.data, .dtype = dtype, .groups = n, .rows = dim, .cols = width};
   std::vector<float> router(m.router_gate);
   router.insert(router.end(), m.router_up.begin(), m.router_up.end());
-  CMOE_ASSIGN_OR_RETURN(out.router, backend.UploadWeight({.data = router.data(),
-                                                          .dtype = DType::kF32,
-                                                          .rows = 2 * n,
-                                                          .cols = dim}));
+  CMOE_ASSIGN_OR_RETURN(
+      out.router, backend.UploadWeight(
+                      {.data = router.data(), .dtype = DType::kF32, .rows = 2 * n, .cols = dim}));
   CMOE_ASSIGN_OR_RETURN(out.bias, UploadFloats(backend, m.bias));
   CMOE_ASSIGN_OR_RETURN(out.scale, UploadFloats(backend, m.scale));
   out.abs_score = m.variant == RouterVariant::kReference;

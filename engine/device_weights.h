@@ -33,7 +33,7 @@ struct DeviceFfnWeights {
   int64_t width = 0;   // w: f, or m_s
   // Carved layers only (num_routed == 0 for dense ones).
   int32_t num_routed = 0;
-  WeightView router;                         // (2E, d) F32
+  WeightView router;                          // (2E, d) F32
   kernels::GroupedWeightView expert_gate_up;  // (E, 2m, d)
   kernels::GroupedWeightView expert_down;     // (E, d, m)
   kernels::Buffer bias;                       // (E) f32, or empty (b = 0)

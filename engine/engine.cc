@@ -75,8 +75,7 @@ Engine::Engine(LoadedModel model, const EngineOptions& options,
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
-    LoadedModel model, const EngineOptions& options,
-    std::function<void(const StepReport&)> on_step,
+    LoadedModel model, const EngineOptions& options, std::function<void(const StepReport&)> on_step,
     std::function<void(const absl::Status&)> on_fault) {
   if (model.model == nullptr || model.cache == nullptr || model.tokenizer == nullptr) {
     return absl::InvalidArgumentError(

@@ -50,10 +50,9 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
     const auto allocate = [&](kernels::Buffer& buffer) -> absl::Status {
       absl::StatusOr<kernels::Buffer> b = options.memory->Allocate(floats * 4);
       if (!b.ok()) {
-        return absl::ResourceExhaustedError(absl::StrCat("KV cache: cannot allocate ",
-                                                         2 * floats * 4, " bytes on ",
-                                                         std::string(options.memory->Name()),
-                                                         ": ", b.status().message()));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("KV cache: cannot allocate ", 2 * floats * 4, " bytes on ",
+                         std::string(options.memory->Name()), ": ", b.status().message()));
       }
       buffer = std::move(b).value();
       return absl::OkStatus();

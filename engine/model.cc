@@ -28,8 +28,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(std::unique_ptr<Checkpoint>
   std::unique_ptr<Model> model(new Model(std::move(checkpoint), std::move(backend)));
   if (model->backend_->IsDevice()) {
     model->device_ = std::make_unique<DeviceState>();
-    absl::StatusOr<DeviceWeights> uploaded = UploadModelWeights(
-        model->checkpoint_->weights(), model->config(), *model->backend_);
+    absl::StatusOr<DeviceWeights> uploaded =
+        UploadModelWeights(model->checkpoint_->weights(), model->config(), *model->backend_);
     if (!uploaded.ok()) {
       return Annotate(uploaded.status(), absl::StrCat("uploading the weights to ",
                                                       std::string(model->backend_->Name())));

@@ -140,18 +140,18 @@ class Model {
   std::vector<int32_t> slots_;      // (T)
   std::vector<kernels::AttentionSequence> sequences_;
   // Activations in the backend's memory (f32), grown to the largest step.
-  kernels::Buffer x_;     // (T, d) residual stream
-  kernels::Buffer h_;     // (T, d) normed input of a block
-  kernels::Buffer q_;     // (T, H * hd)
-  kernels::Buffer k_;     // (T, KV * hd)
-  kernels::Buffer v_;     // (T, KV * hd)
-  kernels::Buffer attn_;  // (T, H * hd)
-  kernels::Buffer gate_;  // (T, f) host dense FFN
-  kernels::Buffer up_;    // (T, f) host dense FFN
-  kernels::Buffer lm_rows_;     // (R + 2) int32: the rows that need logits, then offsets {0, R}
-  kernels::Buffer logits_;      // (R, vocab) device backends: the logits before the copy back
+  kernels::Buffer x_;              // (T, d) residual stream
+  kernels::Buffer h_;              // (T, d) normed input of a block
+  kernels::Buffer q_;              // (T, H * hd)
+  kernels::Buffer k_;              // (T, KV * hd)
+  kernels::Buffer v_;              // (T, KV * hd)
+  kernels::Buffer attn_;           // (T, H * hd)
+  kernels::Buffer gate_;           // (T, f) host dense FFN
+  kernels::Buffer up_;             // (T, f) host dense FFN
+  kernels::Buffer lm_rows_;        // (R + 2) int32: the rows that need logits, then offsets {0, R}
+  kernels::Buffer logits_;         // (R, vocab) device backends: the logits before the copy back
   std::vector<int32_t> lm_index_;  // host copy of lm_rows_
-  MoeLayer moe_;  // host backends: carved layers' routing/dispatch workspace
+  MoeLayer moe_;                   // host backends: carved layers' routing/dispatch workspace
   MoeStepStats moe_stats_;
   FfnStepStats stats_;
   std::unique_ptr<DeviceState> device_;  // device backends only

@@ -16,8 +16,7 @@ using kernels::Accumulate;
 namespace {
 
 int32_t RunK(const SequenceChunk& chunk, const CmoeConfig& cmoe) {
-  return chunk.num_activated_experts > 0 ? chunk.num_activated_experts
-                                         : cmoe.num_activated_experts;
+  return chunk.num_activated_experts > 0 ? chunk.num_activated_experts : cmoe.num_activated_experts;
 }
 
 }  // namespace
@@ -66,8 +65,7 @@ absl::Status Model::DeviceBeginStep(std::span<const SequenceChunk> chunks) {
   CMOE_RETURN_IF_ERROR(b.Reserve(dev.token_slot, slots * 4));
   CMOE_RETURN_IF_ERROR(b.Reserve(dev.expert_out, slots * d * 4));
   CMOE_RETURN_IF_ERROR(b.Reserve(dev.offsets, (experts + 1) * 4));
-  const auto count_slots =
-      static_cast<int64_t>(c.num_hidden_layers * dev.runs.size()) * experts;
+  const auto count_slots = static_cast<int64_t>(c.num_hidden_layers * dev.runs.size()) * experts;
   return b.Reserve(dev.counts, count_slots * 4);
 }
 

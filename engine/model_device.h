@@ -24,16 +24,16 @@ struct Model::DeviceState {
   std::vector<Run> runs;  // this step's runs (the same for every layer)
 
   // Device workspace, grown to the largest step (P = rows * k slots of one run).
-  kernels::Buffer gate_up;      // (max(P, T), 2 * max width) f32
-  kernels::Buffer act;          // (max(P, T), max width) f32
+  kernels::Buffer gate_up;        // (max(P, T), 2 * max width) f32
+  kernels::Buffer act;            // (max(P, T), max width) f32
   kernels::Buffer router_logits;  // (T, 2E) f32
-  kernels::Buffer selected;     // (T, k) int32
+  kernels::Buffer selected;       // (T, k) int32
   kernels::Buffer route_weights;  // (T, k) f32
-  kernels::Buffer slot_token;   // (P) int32
-  kernels::Buffer slot_source;  // (P) int32
-  kernels::Buffer token_slot;   // (P) int32
-  kernels::Buffer expert_out;   // (P, d) f32
-  kernels::Buffer offsets;      // (E + 1) int32
+  kernels::Buffer slot_token;     // (P) int32
+  kernels::Buffer slot_source;    // (P) int32
+  kernels::Buffer token_slot;     // (P) int32
+  kernels::Buffer expert_out;     // (P, d) f32
+  kernels::Buffer offsets;        // (E + 1) int32
   // (layers, runs, E) int32: tokens routed per expert, copied back once per step.
   kernels::Buffer counts;
   std::vector<int32_t> counts_host;

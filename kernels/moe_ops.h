@@ -74,13 +74,13 @@ struct GroupedMatMulParams {
   const float* x = nullptr;            // (rows of x, w.cols) f32, read
   const int32_t* row_index = nullptr;  // (P) int32, read; may be null
   int64_t num_rows = 0;                // P
-  const int32_t* offsets = nullptr;    // (E + 1) int32, read: rows of group e are [off[e], off[e+1])
-  GroupedWeightView w;                 // (E, out, in)
-  float* y = nullptr;                  // (P, w.rows) f32, written: y[p] = W_e . x_p for p in e
+  const int32_t* offsets = nullptr;  // (E + 1) int32, read: rows of group e are [off[e], off[e+1])
+  GroupedWeightView w;               // (E, out, in)
+  float* y = nullptr;                // (P, w.rows) f32, written: y[p] = W_e . x_p for p in e
 };
 
 struct CombineParams {
-  const float* expert_out = nullptr;  // (P, dim) f32, read
+  const float* expert_out = nullptr;    // (P, dim) f32, read
   const int32_t* token_slot = nullptr;  // (T * k) int32, read
   const float* weights = nullptr;       // (T, k) f32, read
   int64_t num_tokens = 0;               // T

@@ -79,8 +79,8 @@ absl::Status BuildDispatchHost(const DispatchParams& p) {
     for (int32_t j = 0; j < p.k; ++j) {
       const int32_t e = p.selected[t * p.k + j];
       if (e < 0 || e >= n) {
-        return absl::InvalidArgumentError(absl::StrCat("BuildDispatch: token ", t, " selects id ",
-                                                       e, " outside [0, ", n, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("BuildDispatch: token ", t, " selects id ", e, " outside [0, ", n, ")"));
       }
       if (last_token[e] == t) {
         return absl::InvalidArgumentError(
@@ -111,9 +111,9 @@ absl::Status BuildDispatchHost(const DispatchParams& p) {
 
 absl::Status ValidateGroupOffsets(const GroupedMatMulParams& p) {
   if (p.offsets[0] != 0 || p.offsets[p.w.groups] != p.num_rows) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "GroupedMatMul: offsets run from ", p.offsets[0], " to ", p.offsets[p.w.groups],
-        ", not from 0 to num_rows ", p.num_rows));
+    return absl::InvalidArgumentError(absl::StrCat("GroupedMatMul: offsets run from ", p.offsets[0],
+                                                   " to ", p.offsets[p.w.groups],
+                                                   ", not from 0 to num_rows ", p.num_rows));
   }
   for (int32_t e = 0; e < p.w.groups; ++e) {
     if (p.offsets[e + 1] < p.offsets[e]) {
@@ -155,8 +155,8 @@ absl::Status GroupedMatMulHost(const GroupedMatMulParams& p) {
 
 absl::Status SiluMulPackedHost(const float* gate_up, int64_t rows, int64_t width, float* out) {
   if (rows < 0 || width < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("SiluMulPacked: rows ", rows, ", width ", width, " (need rows >= 0, width >= 1)"));
+    return absl::InvalidArgumentError(absl::StrCat("SiluMulPacked: rows ", rows, ", width ", width,
+                                                   " (need rows >= 0, width >= 1)"));
   }
   if (rows > 0 && (gate_up == nullptr || out == nullptr)) {
     return absl::InvalidArgumentError("SiluMulPacked: gate_up or out is null");

@@ -22,9 +22,9 @@ absl::StatusOr<int> CudaDeviceCount() {
   const cudaError_t error = cudaGetDeviceCount(&count);
   if (error != cudaSuccess) {
     cudaGetLastError();  // not sticky: clear it so later calls start clean
-    return absl::UnavailableError(absl::StrCat("no usable CUDA device: cudaGetDeviceCount: ",
-                                               cudaGetErrorString(error), " (",
-                                               cudaGetErrorName(error), ")"));
+    return absl::UnavailableError(
+        absl::StrCat("no usable CUDA device: cudaGetDeviceCount: ", cudaGetErrorString(error), " (",
+                     cudaGetErrorName(error), ")"));
   }
   return count;
 }
@@ -96,15 +96,15 @@ absl::StatusOr<Buffer> CudaBackend::Allocate(int64_t bytes) {
 absl::Status CudaBackend::CopyToBackend(void* dst, const void* src, int64_t bytes) {
   CMOE_RETURN_IF_ERROR(Ready());
   if (bytes <= 0) return absl::OkStatus();
-  return Check(CMOE_CUDA_STATUS(cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes),
-                                                cudaMemcpyHostToDevice, stream_)));
+  return Check(CMOE_CUDA_STATUS(
+      cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, stream_)));
 }
 
 absl::Status CudaBackend::CopyToHost(void* dst, const void* src, int64_t bytes) {
   CMOE_RETURN_IF_ERROR(Ready());
   if (bytes > 0) {
-    CMOE_RETURN_IF_ERROR(Check(CMOE_CUDA_STATUS(cudaMemcpyAsync(
-        dst, src, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, stream_))));
+    CMOE_RETURN_IF_ERROR(Check(CMOE_CUDA_STATUS(
+        cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, stream_))));
   }
   return Synchronize();
 }
@@ -144,8 +144,8 @@ absl::StatusOr<void*> CudaBackend::ScratchSpace(Scratch which, int64_t bytes) {
     area = {};
   }
   const int64_t grown = std::max<int64_t>(bytes, 4096);
-  CMOE_RETURN_IF_ERROR(Check(
-      CMOE_CUDA_STATUS(cudaMallocAsync(&area.device, static_cast<size_t>(grown), stream_))));
+  CMOE_RETURN_IF_ERROR(
+      Check(CMOE_CUDA_STATUS(cudaMallocAsync(&area.device, static_cast<size_t>(grown), stream_))));
   area.bytes = grown;
   return area.device;
 }
@@ -159,8 +159,8 @@ absl::StatusOr<void*> CudaBackend::UploadBytes(const void* host, int64_t bytes, 
   }
   area.uploaded.clear();  // stays empty if the copy below fails
   CMOE_ASSIGN_OR_RETURN(void* device, ScratchSpace(which, bytes));
-  CMOE_RETURN_IF_ERROR(Check(CMOE_CUDA_STATUS(cudaMemcpyAsync(
-      device, host, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, stream_))));
+  CMOE_RETURN_IF_ERROR(Check(CMOE_CUDA_STATUS(
+      cudaMemcpyAsync(device, host, static_cast<size_t>(bytes), cudaMemcpyHostToDevice, stream_))));
   const auto* begin = static_cast<const char*>(host);
   area.uploaded.assign(begin, begin + bytes);
   return device;

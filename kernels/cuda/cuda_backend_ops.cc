@@ -68,7 +68,8 @@ absl::Status CudaBackend::Rope(float* x, std::span<const int32_t> positions, int
   }
   if (positions.empty() || n_heads == 0 || head_dim == 0) return absl::OkStatus();
   if (x == nullptr) return absl::InvalidArgumentError("Rope: x is null");
-  CMOE_ASSIGN_OR_RETURN(const int32_t* device_positions, UploadInts(positions, Scratch::kPositions));
+  CMOE_ASSIGN_OR_RETURN(const int32_t* device_positions,
+                        UploadInts(positions, Scratch::kPositions));
   return Check(
       CMOE_CUDA_STATUS(LaunchRope(x, device_positions, static_cast<int64_t>(positions.size()),
                                   n_heads, head_dim, theta, stream_)));

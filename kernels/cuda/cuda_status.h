@@ -33,16 +33,16 @@ absl::Status CublasStatus(cublasStatus_t status, const char* call, const char* f
 #define CMOE_CUBLAS_STATUS(expr) \
   ::cmoe::kernels::cuda::CublasStatus((expr), #expr, __FILE__, __LINE__)
 
-#define CMOE_CUDA_RETURN_IF_ERROR(expr)                   \
-  do {                                                    \
+#define CMOE_CUDA_RETURN_IF_ERROR(expr)                        \
+  do {                                                         \
     ::absl::Status cmoe_cuda_status_ = CMOE_CUDA_STATUS(expr); \
-    if (!cmoe_cuda_status_.ok()) return cmoe_cuda_status_; \
+    if (!cmoe_cuda_status_.ok()) return cmoe_cuda_status_;     \
   } while (false)
 
-#define CMOE_CUBLAS_RETURN_IF_ERROR(expr)                     \
-  do {                                                        \
+#define CMOE_CUBLAS_RETURN_IF_ERROR(expr)                          \
+  do {                                                             \
     ::absl::Status cmoe_cublas_status_ = CMOE_CUBLAS_STATUS(expr); \
-    if (!cmoe_cublas_status_.ok()) return cmoe_cublas_status_; \
+    if (!cmoe_cublas_status_.ok()) return cmoe_cublas_status_;     \
   } while (false)
 
 #endif  // CMOE_KERNELS_CUDA_CUDA_STATUS_H_

@@ -6,8 +6,6 @@
 
 #include <cstdint>
 
-
-
 namespace cmoe::kernels::cuda {
 
 // x: (*, cols) f32 device; index: (rows) int32 device; out: (rows, cols) f32 device.

@@ -88,8 +88,8 @@ void ExpectSameAsCpu(const std::string& dir, const std::string& label) {
     std::vector<int32_t> context = prompt;
     context.insert(context.end(), want->tokens.begin(), want->tokens.begin() + i);
     const double margin = RelativeMargin(cpu, context);
-    EXPECT_LT(margin, kNearTie) << label << ": token " << i << " differs (cuda "
-                                << got->tokens[i] << ", cpu " << want->tokens[i]
+    EXPECT_LT(margin, kNearTie) << label << ": token " << i << " differs (cuda " << got->tokens[i]
+                                << ", cpu " << want->tokens[i]
                                 << ") without a near-tie (top-2 margin " << margin << ")";
     std::printf("%s: token %zu differs on a near-tie (margin %.2g); the rest is not compared\n",
                 label.c_str(), i, margin);
@@ -103,9 +103,8 @@ void ExpectSameAsCpu(const std::string& dir, const std::string& label) {
   ASSERT_TRUE(p_gpu.ok()) << p_gpu.status();
   EXPECT_NEAR(p_gpu->ppl / p_cpu->ppl, 1.0, 0.005)
       << label << ": perplexity cuda " << p_gpu->ppl << " cpu " << p_cpu->ppl;
-  std::printf("%s: %zu/%lld greedy tokens compared, perplexity cpu %.4f cuda %.4f\n",
-              label.c_str(), want->tokens.size(), static_cast<long long>(kTokens), p_cpu->ppl,
-              p_gpu->ppl);
+  std::printf("%s: %zu/%lld greedy tokens compared, perplexity cpu %.4f cuda %.4f\n", label.c_str(),
+              want->tokens.size(), static_cast<long long>(kTokens), p_cpu->ppl, p_gpu->ppl);
 }
 
 class CudaModelTest : public ::testing::TestWithParam<std::string> {};
@@ -122,14 +121,12 @@ TEST_P(CudaModelTest, CarvedMatchesTheCpu) {
   std::string reason;
   if (!HaveGpu(&reason)) GTEST_SKIP() << reason;
   testing::ScratchDir scratch;
-  const std::string dir =
-      testing::CarveSharedModel(GetParam(), 8, 2, 2, scratch.Join("S2A2E8"));
+  const std::string dir = testing::CarveSharedModel(GetParam(), 8, 2, 2, scratch.Join("S2A2E8"));
   ExpectSameAsCpu(dir, GetParam() + " S2A2E8");
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSharedModels, CudaModelTest,
-                         ::testing::ValuesIn(testing::SharedModelNames()),
-                         [](const auto& info) {
+                         ::testing::ValuesIn(testing::SharedModelNames()), [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;

@@ -73,11 +73,11 @@ void MakeFaultyEngine(FaultyEngine& f, const engine::EngineOptions& options = {}
   auto model = engine::Model::Create(std::move(checkpoint).value(), std::move(backend));
   ASSERT_TRUE(model.ok()) << model.status();
   m.model = std::move(model).value();
-  auto engine = engine::Engine::Create(std::move(m), options, nullptr,
-                                       [&f](const absl::Status& status) {
-                                         f.fault = status;
-                                         f.faults.fetch_add(1);
-                                       });
+  auto engine =
+      engine::Engine::Create(std::move(m), options, nullptr, [&f](const absl::Status& status) {
+        f.fault = status;
+        f.faults.fetch_add(1);
+      });
   ASSERT_TRUE(engine.ok()) << engine.status();
   f.engine = std::move(engine).value();
 }

@@ -89,8 +89,8 @@ Runner MakeRunner(const std::string& dir, bool device) {
   Runner r;
   r.model = std::move(model).value();
   kernels::Backend* memory = device ? &r.model->backend() : nullptr;
-  auto cache = KvCache::Create(r.model->config(),
-                               {.block_size = 16, .num_blocks = kCacheTokens / 16, .memory = memory});
+  auto cache = KvCache::Create(
+      r.model->config(), {.block_size = 16, .num_blocks = kCacheTokens / 16, .memory = memory});
   CMOE_CHECK(cache.ok()) << cache.status();
   r.cache = std::move(cache).value();
   return r;
@@ -137,8 +137,11 @@ void ExpectDevicePathMatchesHost(const std::string& dir, int32_t k_override, int
       const std::span<const int32_t> tokens(seqs[s].data() + start[s],
                                             static_cast<size_t>(len - start[s]));
       const int32_t k = (s == 1 && m.config().cmoe.has_value()) ? k_override : 0;
-      ch.push_back({.tokens = tokens, .start_pos = start[s], .blocks = &blocks_h[s],
-                    .all_logits = step == 0, .num_activated_experts = k});
+      ch.push_back({.tokens = tokens,
+                    .start_pos = start[s],
+                    .blocks = &blocks_h[s],
+                    .all_logits = step == 0,
+                    .num_activated_experts = k});
       cd.push_back(ch.back());
       cd.back().blocks = &blocks_d[s];
     }
@@ -168,7 +171,8 @@ std::string DenseDir(const std::string& name) {
   return *dir;
 }
 
-std::string Carve(const std::string& name, int32_t experts, int32_t shared, const std::string& out) {
+std::string Carve(const std::string& name, int32_t experts, int32_t shared,
+                  const std::string& out) {
   return testing::CarveSharedModel(name, experts, shared, /*active=*/2, out);
 }
 
@@ -189,8 +193,7 @@ TEST_P(ModelDevicePathTest, CarvedWithoutSharedExpertsMatchesTheHostPath) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSharedModels, ModelDevicePathTest,
-                         ::testing::ValuesIn(testing::SharedModelNames()),
-                         [](const auto& info) {
+                         ::testing::ValuesIn(testing::SharedModelNames()), [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;

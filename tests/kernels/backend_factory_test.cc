@@ -52,8 +52,7 @@ TEST(BackendFactoryTest, CudaIsABackendOrAClearError) {
     return;
   }
   EXPECT_EQ(backend.status().code(), absl::StatusCode::kUnavailable) << backend.status();
-  EXPECT_TRUE(absl::StartsWith(backend.status().message(), "--device cuda: "))
-      << backend.status();
+  EXPECT_TRUE(absl::StartsWith(backend.status().message(), "--device cuda: ")) << backend.status();
   EXPECT_TRUE(absl::StrContains(backend.status().message(), "CUDA")) << backend.status();
 }
 
