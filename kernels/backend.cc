@@ -1,5 +1,6 @@
 #include "kernels/backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -49,8 +50,11 @@ absl::StatusOr<Buffer> Backend::Allocate(int64_t bytes) {
 
 absl::Status Backend::Reserve(Buffer& buffer, int64_t bytes) {
   if (buffer.bytes() >= bytes) return absl::OkStatus();
+  // Half again as much as before, so that steps growing one row at a time do not reallocate
+  // (a device allocation synchronises) every step.
+  const int64_t grown_bytes = std::max(bytes, buffer.bytes() + buffer.bytes() / 2);
   buffer.Reset();  // free first: device memory may not hold both
-  absl::StatusOr<Buffer> grown = Allocate(bytes);
+  absl::StatusOr<Buffer> grown = Allocate(grown_bytes);
   if (!grown.ok()) return grown.status();
   buffer = std::move(grown).value();
   return absl::OkStatus();

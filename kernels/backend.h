@@ -63,8 +63,9 @@ class Backend {
   // CPU backends return `host` itself; a device backend copies it to memory it owns until it is
   // destroyed (the returned view dies with the backend).
   virtual absl::StatusOr<WeightView> UploadWeight(const WeightView& host);
-  // Makes `buffer` at least `bytes` long (a new allocation when it is shorter: the contents are
-  // not kept). Workspaces that grow to the largest step and then stay use this.
+  // Makes `buffer` at least `bytes` long (when it is shorter, a new allocation of at least 1.5x
+  // its old size; the contents are not kept). Workspaces that grow to the largest step and then
+  // stay use this.
   absl::Status Reserve(Buffer& buffer, int64_t bytes);
   // Waits for every op called so far; their errors surface here at the latest.
   virtual absl::Status Synchronize() { return absl::OkStatus(); }
