@@ -26,6 +26,9 @@ class ScratchDir {
   std::string path_;
 };
 
+// A TCP port on 127.0.0.1 that nothing listens on right now (0 if none could be found).
+int FreePort();
+
 // Writes `contents` to `path` (test setup; aborts the test binary on failure).
 void WriteFile(const std::string& path, const std::string& contents);
 

@@ -1,7 +1,5 @@
 // cmoe-cli end to end: cmoe-serve runs as a child process on a free port with the shared
 // tinystories-656k model, and cmoe-cli runs against it as a subprocess.
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -20,23 +18,6 @@ namespace {
 using ::testing::HasSubstr;
 
 constexpr char kModel[] = "tinystories-656k";
-
-// A port nothing listens on: bound once to get a free one, then closed.
-int DeadPort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
 
 class CliTest : public SharedServerTest {
  protected:
@@ -171,7 +152,7 @@ TEST_F(CliTest, Health) {
   ASSERT_TRUE(Succeeded(named));
   EXPECT_EQ(named.out, "SERVING\n");
 
-  const int port = DeadPort();
+  const int port = FreePort();
   ASSERT_GT(port, 0);
   const SubprocessResult dead = RunTool(
       "cmoe-cli", {"--target", "127.0.0.1:" + std::to_string(port), "health", "--timeout", "3"});
