@@ -5,8 +5,9 @@
 #   docker run --rm -p 50051:50051 -p 9464:9464 -v $PWD/build/models/stories260K-S3A3E8:/models/model:ro cmoe-serve
 #   docker run --rm ... cmoe-serve --model /models/model --max-running 32     # flags after the image
 #
-# CUDA variant (an NVIDIA CUDA base; the build and runtime images must be the same distribution;
-# the server has no CUDA backend yet, so this image still serves on the CPU):
+# CUDA variant (an NVIDIA CUDA base; the build and runtime images must be the same distribution).
+# It carries the CUDA backend plugin; serve on the GPU with `docker run --gpus all ... cmoe-serve
+# --device cuda` (without --device it serves on the CPU):
 #   docker build -t cmoe-serve:cuda --build-arg CMOE_CUDA=ON \
 #     --build-arg BUILD_IMAGE=nvidia/cuda:13.0.0-devel-ubuntu24.04 \
 #     --build-arg RUNTIME_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu24.04 .

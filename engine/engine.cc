@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -302,6 +303,9 @@ void Engine::Step() {
   // Decodes first (one token each), then prompt chunks in admission order, under the budget.
   std::vector<SequenceChunk> chunks;
   std::vector<Sequence*> owners;
+  // The rows a device samples itself (SequenceChunk::sample points into this: no reallocation).
+  std::vector<kernels::RowSampling> device_sampling;
+  device_sampling.reserve(running_.size());
   int64_t budget = options_.max_batch_tokens, decode_tokens = 0, prefill_tokens = 0;
   for (auto& s : running_) {
     if (!s->decoding() || budget == 0) continue;
@@ -326,6 +330,25 @@ void Engine::Step() {
     prefill_tokens += n;
   }
   if (chunks.empty()) return;
+  // On a device, the chunks that end in a sampled token get it sampled there (only the id comes
+  // back) unless the token needs the logits on the host: penalties, log-probabilities, or the
+  // stop tokens masked until min_new_tokens.
+  if (model_.model->backend().IsDevice()) {
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      Sequence& s = *owners[i];
+      const GenerationRequest& r = s.request;
+      const bool samples =
+          s.decoding() || s.prefilled + static_cast<int64_t>(chunks[i].tokens.size()) ==
+                              static_cast<int64_t>(r.prompt.size());
+      if (!samples || r.logprobs || static_cast<int64_t>(s.generated.size()) < r.min_new_tokens) {
+        continue;
+      }
+      std::optional<kernels::RowSampling> row = s.sampler->TakeBackendSampling();
+      if (!row.has_value()) continue;
+      device_sampling.push_back(*row);
+      chunks[i].sample = &device_sampling.back();
+    }
+  }
   Timer step_timer;
   const SteadyTime now = std::chrono::steady_clock::now();
   for (Sequence* s : owners) {
@@ -353,7 +376,7 @@ void Engine::Step() {
       s.prefilled += static_cast<int64_t>(chunks[i].tokens.size());
       if (!s.decoding()) continue;  // more prompt to go
     }
-    Advance(s, out.Logits(i));
+    Advance(s, out.tokens[i] >= 0 ? std::span<const float>() : out.Logits(i), out.tokens[i]);
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -369,9 +392,10 @@ void Engine::Step() {
   }
 }
 
-// Samples the next token of `s` from its logits (and computes its log-probabilities when asked),
-// delivers it, and finishes the request when a stop condition holds.
-void Engine::Advance(Sequence& s, std::span<const float> logits) {
+// Samples the next token of `s` from its logits (and computes its log-probabilities when asked)
+// unless the model sampled it already (`sampled` >= 0), delivers it, and finishes the request when
+// a stop condition holds.
+void Engine::Advance(Sequence& s, std::span<const float> logits, int32_t sampled) {
   const GenerationRequest& r = s.request;
   const std::vector<int32_t>& eos = model_.model->config().eos_token_ids;
   const auto is_stop = [&](int32_t t) {
@@ -379,7 +403,7 @@ void Engine::Advance(Sequence& s, std::span<const float> logits) {
                r.stop_token_ids.end() ||
            (!r.ignore_eos && std::find(eos.begin(), eos.end(), t) != eos.end());
   };
-  if (static_cast<int64_t>(s.generated.size()) < r.min_new_tokens) {
+  if (sampled < 0 && static_cast<int64_t>(s.generated.size()) < r.min_new_tokens) {
     masked_.assign(logits.begin(), logits.end());
     for (int32_t t : r.stop_token_ids) masked_[t] = -std::numeric_limits<float>::infinity();
     if (!r.ignore_eos) {
@@ -387,7 +411,7 @@ void Engine::Advance(Sequence& s, std::span<const float> logits) {
     }
     logits = masked_;
   }
-  const int32_t token = s.sampler->Sample(logits, r.prompt, s.generated);
+  const int32_t token = sampled >= 0 ? sampled : s.sampler->Sample(logits, r.prompt, s.generated);
   s.generated.push_back(token);
   if (s.generated.size() == 1) s.first_token = std::chrono::steady_clock::now();
   TokenEvent event{.id = s.id, .tokens = {token}};

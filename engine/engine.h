@@ -115,7 +115,7 @@ class Engine {
   void ExpireAndCancel();
   void Admit();
   void Step();
-  void Advance(Sequence& s, std::span<const float> logits);
+  void Advance(Sequence& s, std::span<const float> logits, int32_t sampled);
   void Finish(Sequence& s, FinishReason reason, absl::Status status = absl::OkStatus());
   void RemoveFinished();
   void Fail(const absl::Status& device_error);

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "engine/model_device.h"
+#include "kernels/sample_row.h"
 
 namespace cmoe::engine {
 
@@ -150,6 +151,21 @@ absl::Status Model::Validate(std::span<const SequenceChunk> chunks, const KvCach
             absl::StrCat("Forward: sequence ", i, " num_activated_experts ",
                          s.num_activated_experts, " outside [1, ", c.cmoe->num_routed(),
                          "] (the routed experts of ", c.cmoe->Name(), ")"));
+      }
+    }
+    if (s.sample != nullptr) {
+      if (s.all_logits) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Forward: sequence ", i, " asks for all logits and for a token sampled in the model"));
+      }
+      if (c.vocab_size > kernels::sample_row::kMaxVocab) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Forward: sequence ", i, " asks for a token sampled in the model, but a ", c.vocab_size,
+            "-token vocabulary is over the sampler's ", kernels::sample_row::kMaxVocab));
+      }
+      if (absl::Status bad = kernels::ValidateRowSampling(*s.sample); !bad.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Forward: sequence ", i, " sampling: ", bad.message()));
       }
     }
     for (int32_t id : s.tokens) {
@@ -296,19 +312,30 @@ absl::Status Model::MoeFfn(int64_t layer, std::span<const SequenceChunk> chunks)
 // one-group GroupedMatMul whose row index gathers them (no copy of the rows).
 absl::Status Model::LmHead(std::span<const SequenceChunk> chunks, ForwardOutput& out) {
   const ModelConfig& c = config();
-  out.vocab = c.vocab_size;
-  out.first_row.clear();
-  out.num_rows.clear();
+  const int64_t vocab = c.vocab_size;
+  out.vocab = vocab;
+  out.first_row.assign(chunks.size(), 0);
+  out.num_rows.assign(chunks.size(), 0);
+  out.tokens.assign(chunks.size(), -1);
   lm_index_.clear();
+  sampling_.clear();
+  // The last n rows of chunk i, which end at sequences_[i].first_row + num_tokens.
+  const auto add_rows = [&](size_t i, int64_t n) {
+    const int64_t src = sequences_[i].first_row + sequences_[i].num_tokens - n;
+    for (int64_t r = 0; r < n; ++r) lm_index_.push_back(static_cast<int32_t>(src + r));
+  };
+  // Rows sampled here first, so that the logits that go back are one contiguous block.
   for (size_t i = 0; i < chunks.size(); ++i) {
-    out.first_row.push_back(static_cast<int64_t>(lm_index_.size()));
-    out.num_rows.push_back(chunks[i].all_logits ? static_cast<int64_t>(chunks[i].tokens.size())
-                                                : 1);
-    // Rows of chunk i end at sequences_[i].first_row + num_tokens; take its last num_rows rows.
-    const int64_t src = sequences_[i].first_row + sequences_[i].num_tokens - out.num_rows[i];
-    for (int64_t r = 0; r < out.num_rows[i]; ++r) {
-      lm_index_.push_back(static_cast<int32_t>(src + r));
-    }
+    if (chunks[i].sample == nullptr) continue;
+    sampling_.push_back(*chunks[i].sample);
+    add_rows(i, 1);
+  }
+  const auto sampled = static_cast<int64_t>(sampling_.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (chunks[i].sample != nullptr) continue;
+    out.first_row[i] = static_cast<int64_t>(lm_index_.size()) - sampled;
+    out.num_rows[i] = chunks[i].all_logits ? static_cast<int64_t>(chunks[i].tokens.size()) : 1;
+    add_rows(i, out.num_rows[i]);
   }
   const auto rows = static_cast<int64_t>(lm_index_.size());
   lm_index_.push_back(0);  // the one group's offsets: {0, rows}
@@ -320,9 +347,11 @@ absl::Status Model::LmHead(std::span<const SequenceChunk> chunks, ForwardOutput&
   const ModelWeights& w = weights();
   CMOE_RETURN_IF_ERROR(b.RmsNorm(x_.as<float>(), rows_, w.final_norm,
                                  static_cast<float>(c.rms_norm_eps), h_.as<float>()));
-  out.logits.resize(static_cast<size_t>(rows * c.vocab_size));
-  const int64_t logit_bytes = rows * c.vocab_size * 4;
-  if (device_ != nullptr) CMOE_RETURN_IF_ERROR(b.Reserve(logits_, logit_bytes));
+  if (device_ != nullptr) {
+    CMOE_RETURN_IF_ERROR(b.Reserve(logits_, rows * vocab * 4));
+  } else {
+    out.logits.resize(static_cast<size_t>(rows * vocab));
+  }
   float* logits = device_ != nullptr ? logits_.as<float>() : out.logits.data();
   CMOE_RETURN_IF_ERROR(b.GroupedMatMul({.x = h_.as<float>(),
                                         .row_index = lm_rows_.as<int32_t>(),
@@ -334,8 +363,25 @@ absl::Status Model::LmHead(std::span<const SequenceChunk> chunks, ForwardOutput&
                                               .rows = w.lm_head.rows,
                                               .cols = w.lm_head.cols},
                                         .y = logits}));
-  if (device_ == nullptr) return absl::OkStatus();
-  return b.CopyToHost(out.logits.data(), logits, logit_bytes);
+  if (sampled > 0) {
+    CMOE_RETURN_IF_ERROR(b.Reserve(sampled_, sampled * 4));
+    CMOE_RETURN_IF_ERROR(b.SampleTokens({.logits = logits,
+                                         .rows = sampled,
+                                         .vocab = vocab,
+                                         .sampling = sampling_.data(),
+                                         .tokens = sampled_.as<int32_t>()}));
+    sampled_host_.resize(static_cast<size_t>(sampled));
+    CMOE_RETURN_IF_ERROR(b.CopyToHost(sampled_host_.data(), sampled_.data(), sampled * 4));
+    for (size_t i = 0, j = 0; i < chunks.size(); ++i) {
+      if (chunks[i].sample != nullptr) out.tokens[i] = sampled_host_[j++];
+    }
+  }
+  if (device_ == nullptr) {
+    out.logits.erase(out.logits.begin(), out.logits.begin() + sampled * vocab);
+    return absl::OkStatus();
+  }
+  out.logits.resize(static_cast<size_t>((rows - sampled) * vocab));
+  return b.CopyToHost(out.logits.data(), logits + sampled * vocab, (rows - sampled) * vocab * 4);
 }
 
 absl::Status Model::Begin(std::span<const SequenceChunk> chunks, KvCache& cache, bool dense_ffn) {

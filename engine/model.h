@@ -15,7 +15,8 @@
 // (engine/device_weights.h), activations and the KV cache live on the device (the cache must be
 // made with KvCacheOptions::memory = &backend()), and the FFNs run the fused device path of
 // kernels/moe_ops.h: routing, dispatch and the experts' grouped matmuls without host round
-// trips. Only the logits and the step's per-expert counts come back. ForwardWithFfn (carving) is
+// trips. Only the logits (or, for chunks sampled in the model, the token ids) and the step's
+// per-expert counts come back. ForwardWithFfn (carving) is
 // host-only.
 #ifndef CMOE_ENGINE_MODEL_H_
 #define CMOE_ENGINE_MODEL_H_
@@ -45,6 +46,11 @@ struct SequenceChunk {
   // Carved models: routed experts per token for this sequence, in [1, N_r]; 0 takes the
   // checkpoint's num_activated_experts. Must be 0 for dense models.
   int32_t num_activated_experts = 0;
+  // When set, the model samples the next token from the last token's logits itself
+  // (Backend::SampleTokens, kernels/sampling.h): ForwardOutput::tokens holds it and the logits
+  // never leave the backend -- on a GPU only the id comes back. Read during Forward; not with
+  // all_logits.
+  const kernels::RowSampling* sample = nullptr;
 };
 
 // What the FFNs of one step computed (the activation-ratio and expert-load metrics read these).
@@ -62,11 +68,13 @@ struct FfnStepStats {
 using FfnOverride = std::function<absl::Status(int64_t layer, std::span<const float> h,
                                                int64_t rows, std::span<float> x)>;
 
-// Logits of a step: for each chunk, one row per token when all_logits, else one row.
+// Logits of a step: for each chunk, one row per token when all_logits, else one row -- or, for a
+// chunk with `sample`, no logits but its sampled token.
 struct ForwardOutput {
   std::vector<float> logits;       // (rows, vocab)
   std::vector<int64_t> first_row;  // per chunk: its first row in `logits`
-  std::vector<int64_t> num_rows;   // per chunk: 1 or tokens.size()
+  std::vector<int64_t> num_rows;   // per chunk: 1 or tokens.size(); 0 when sampled
+  std::vector<int32_t> tokens;     // per chunk: the token sampled for it, or -1
   int64_t vocab = 0;
 
   // Row `row` of chunk `chunk` (the last token's logits when row is -1).
@@ -140,18 +148,21 @@ class Model {
   std::vector<int32_t> slots_;      // (T)
   std::vector<kernels::AttentionSequence> sequences_;
   // Activations in the backend's memory (f32), grown to the largest step.
-  kernels::Buffer x_;              // (T, d) residual stream
-  kernels::Buffer h_;              // (T, d) normed input of a block
-  kernels::Buffer q_;              // (T, H * hd)
-  kernels::Buffer k_;              // (T, KV * hd)
-  kernels::Buffer v_;              // (T, KV * hd)
-  kernels::Buffer attn_;           // (T, H * hd)
-  kernels::Buffer gate_;           // (T, f) host dense FFN
-  kernels::Buffer up_;             // (T, f) host dense FFN
-  kernels::Buffer lm_rows_;        // (R + 2) int32: the rows that need logits, then offsets {0, R}
-  kernels::Buffer logits_;         // (R, vocab) device backends: the logits before the copy back
-  std::vector<int32_t> lm_index_;  // host copy of lm_rows_
-  MoeLayer moe_;                   // host backends: carved layers' routing/dispatch workspace
+  kernels::Buffer x_;        // (T, d) residual stream
+  kernels::Buffer h_;        // (T, d) normed input of a block
+  kernels::Buffer q_;        // (T, H * hd)
+  kernels::Buffer k_;        // (T, KV * hd)
+  kernels::Buffer v_;        // (T, KV * hd)
+  kernels::Buffer attn_;     // (T, H * hd)
+  kernels::Buffer gate_;     // (T, f) host dense FFN
+  kernels::Buffer up_;       // (T, f) host dense FFN
+  kernels::Buffer lm_rows_;  // (R + 2) int32: the rows that need logits, then offsets {0, R}
+  kernels::Buffer logits_;   // (R, vocab) device backends: the logits before the copy back
+  kernels::Buffer sampled_;  // (S) int32: tokens of the chunks sampled in the model
+  std::vector<kernels::RowSampling> sampling_;  // (S) their parameters
+  std::vector<int32_t> sampled_host_;           // (S) the tokens, copied back
+  std::vector<int32_t> lm_index_;               // host copy of lm_rows_
+  MoeLayer moe_;  // host backends: carved layers' routing/dispatch workspace
   MoeStepStats moe_stats_;
   FfnStepStats stats_;
   std::unique_ptr<DeviceState> device_;  // device backends only

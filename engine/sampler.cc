@@ -105,6 +105,25 @@ void Sampler::Scale(double temperature) {
   }
 }
 
+double Sampler::NextUniform() {
+  // What std::uniform_real_distribution<double>(0, total) multiplies by total; below 1 even
+  // where an old standard library could round up to 1.
+  return std::min(std::generate_canonical<double, 53>(rng_), std::nextafter(1.0, 0.0));
+}
+
+std::optional<kernels::RowSampling> Sampler::TakeBackendSampling() {
+  if (params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
+      params_.frequency_penalty != 0.0f) {
+    return std::nullopt;
+  }
+  kernels::RowSampling row{.temperature = params_.temperature,
+                           .top_k = params_.top_k,
+                           .top_p = params_.top_p,
+                           .min_p = params_.min_p};
+  if (params_.temperature > 0.0f) row.uniform = NextUniform();
+  return row;
+}
+
 int32_t Sampler::SampleFromCandidates() {
   // Highest logit first; ties by lower id so results do not depend on the sort's stability.
   const auto by_logit = [](const auto& a, const auto& b) {
@@ -136,8 +155,7 @@ int32_t Sampler::SampleFromCandidates() {
   }
   total = 0.0;
   for (size_t i = 0; i < n; ++i) total += probs[i];
-  std::uniform_real_distribution<double> uniform(0.0, total);
-  double r = uniform(rng_);
+  double r = NextUniform() * total;
   for (size_t i = 0; i < n; ++i) {
     if ((r -= probs[i]) < 0.0) return cands_[i].second;
   }

@@ -11,11 +11,13 @@
 #define CMOE_ENGINE_SAMPLER_H_
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <span>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kernels/sampling.h"
 
 namespace cmoe::engine {
 
@@ -50,10 +52,20 @@ class Sampler {
   // decoding pays for it only when asked.
   std::span<const float> ScaledLogits();
 
+  // The parameters with which a backend can draw this request's next token where the logits are
+  // (Backend::SampleTokens, kernels/sampling.h), taking the token's uniform from this request's
+  // generator exactly as Sample would: same seed, same tokens on either path (up to the
+  // backend's fixed-point masses, which may decide differently only when the draw lies within
+  // 2^-40 of a boundary). nullopt, drawing nothing, when a penalty is set: penalties read the
+  // request's token history, which stays on the host.
+  std::optional<kernels::RowSampling> TakeBackendSampling();
+
  private:
   void ApplyPenalties(std::span<const int32_t> prompt, std::span<const int32_t> generated);
   void Scale(double temperature);
   int32_t SampleFromCandidates();
+  // A uniform in [0, 1) from rng_ (53 random bits).
+  double NextUniform();
 
   SamplingParams params_;
   std::mt19937_64 rng_;

@@ -1,6 +1,7 @@
 #include "kernels/backend.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -8,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/sample_row.h"
 
 namespace cmoe::kernels {
 namespace {
@@ -126,6 +128,39 @@ absl::Status ValidateCombine(const CombineParams& p) {
   if (p.token_slot == nullptr) return NullOperand(kOp, "token_slot");
   if (p.weights == nullptr) return NullOperand(kOp, "weights");
   if (p.x == nullptr) return NullOperand(kOp, "x");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRowSampling(const RowSampling& s) {
+  const auto bad = [](const char* field, double value, const char* rule) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " = ", value, " ", rule));
+  };
+  if (!std::isfinite(s.temperature) || s.temperature < 0.0f) {
+    return bad("temperature", s.temperature, "must be finite and >= 0");
+  }
+  if (s.top_k < 0) return bad("top_k", s.top_k, "must be >= 0");
+  if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) return bad("top_p", s.top_p, "must be in (0, 1]");
+  if (!(s.min_p >= 0.0f && s.min_p <= 1.0f)) return bad("min_p", s.min_p, "must be in [0, 1]");
+  if (!(s.uniform >= 0.0 && s.uniform < 1.0)) return bad("uniform", s.uniform, "must be in [0, 1)");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSampleTokens(const SampleTokensParams& p) {
+  constexpr const char* kOp = "SampleTokens";
+  if (p.rows < 0 || p.vocab < 1 || p.vocab > sample_row::kMaxVocab) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": rows ", p.rows, ", vocab ", p.vocab,
+                                                   " (need rows >= 0, vocab in [1, ",
+                                                   sample_row::kMaxVocab, "])"));
+  }
+  if (p.rows == 0) return absl::OkStatus();
+  if (p.logits == nullptr) return NullOperand(kOp, "logits");
+  if (p.sampling == nullptr) return NullOperand(kOp, "sampling");
+  if (p.tokens == nullptr) return NullOperand(kOp, "tokens");
+  for (int64_t r = 0; r < p.rows; ++r) {
+    if (absl::Status s = ValidateRowSampling(p.sampling[r]); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(kOp, ": row ", r, ": ", s.message()));
+    }
+  }
   return absl::OkStatus();
 }
 

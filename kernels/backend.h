@@ -31,6 +31,7 @@
 #include "kernels/attention_types.h"
 #include "kernels/buffer.h"
 #include "kernels/moe_ops.h"
+#include "kernels/sampling.h"
 #include "kernels/weight_view.h"
 
 namespace cmoe::kernels {
@@ -124,6 +125,12 @@ class Backend {
                                      float* out) = 0;
   // x[t] += sum_j weights[t, j] * expert_out[token_slot[t * k + j]], summed in j order.
   virtual absl::Status CombineExperts(const CombineParams& params) = 0;
+
+  // --- Sampling (kernels/sampling.h). ---
+
+  // The next token of each row of logits, where the logits are: only the ids need to reach the
+  // host. Every backend makes the same decisions (kernels/sample_row.h).
+  virtual absl::Status SampleTokens(const SampleTokensParams& params) = 0;
 };
 
 // Validation shared by every backend's MoE primitives: non-null operands where T > 0, k in
@@ -132,6 +139,12 @@ absl::Status ValidateRouteTopK(const RouteTopKParams& params);
 absl::Status ValidateDispatch(const DispatchParams& params);
 absl::Status ValidateGroupedMatMul(const GroupedMatMulParams& params);
 absl::Status ValidateCombine(const CombineParams& params);
+
+// Validation shared by every backend's SampleTokens: rows >= 0, vocab in [1, 2^23], non-null
+// operands where rows > 0, and every row's parameters in range (naming the row and the field).
+absl::Status ValidateSampleTokens(const SampleTokensParams& params);
+// One row's parameters: InvalidArgument "<field> = <value> <rule>".
+absl::Status ValidateRowSampling(const RowSampling& sampling);
 
 // Validation shared by the fast CPU and the CUDA MatMul: no negative shape; unless there is
 // nothing to compute (num_rows == 0 or w.rows == 0), non-null x and y, and w.data when w.cols > 0.

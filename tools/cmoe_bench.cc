@@ -96,9 +96,9 @@ std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
-int32_t Argmax(std::span<const float> logits) {
-  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-}
+// Decode steps sample greedily in the model, as the server does on a device: only the token ids
+// come back from a GPU, not the logits.
+constexpr kernels::RowSampling kGreedy{};
 
 int Threads() {
   return absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
@@ -187,8 +187,10 @@ class DecodeRun {
     }
     for (int64_t b = 0; b < batch; ++b) {
       CMOE_RETURN_IF_ERROR(run->cache_->Reserve(run->seqs_[b], prompt_len));
-      run->chunks_.push_back(
-          {.tokens = run->prompts_[b], .start_pos = 0, .blocks = &run->seqs_[b]});
+      run->chunks_.push_back({.tokens = run->prompts_[b],
+                              .start_pos = 0,
+                              .blocks = &run->seqs_[b],
+                              .sample = &kGreedy});
     }
     CMOE_RETURN_IF_ERROR(model.Forward(run->chunks_, *run->cache_, run->out_));
     return run;
@@ -198,9 +200,12 @@ class DecodeRun {
   absl::Status Step(bool timed) {
     const auto batch = static_cast<int64_t>(seqs_.size());
     for (int64_t b = 0; b < batch; ++b) {
-      next_[b] = Argmax(out_.Logits(b));
+      next_[b] = out_.tokens[b];
       CMOE_RETURN_IF_ERROR(cache_->Reserve(seqs_[b], prompt_len_ + pos_ + 1));
-      chunks_[b] = {.tokens = {&next_[b], 1}, .start_pos = prompt_len_ + pos_, .blocks = &seqs_[b]};
+      chunks_[b] = {.tokens = {&next_[b], 1},
+                    .start_pos = prompt_len_ + pos_,
+                    .blocks = &seqs_[b],
+                    .sample = &kGreedy};
     }
     Timer timer;
     CMOE_RETURN_IF_ERROR(model_->Forward(chunks_, *cache_, out_));

@@ -23,6 +23,7 @@
 #include "common/status.h"
 #include "common/thread_pool.h"
 #include "kernels/cpu/moe_ops_host.h"
+#include "kernels/cpu/sampling_host.h"
 #include "kernels/cpu/simd_kernels.h"
 
 namespace cmoe::kernels::cpu {
@@ -89,6 +90,9 @@ class CpuBackend final : public Backend {
   absl::Status Attention(const AttentionParams& params) override;
 
   absl::Status RouteTopK(const RouteTopKParams& params) override { return RouteTopKHost(params); }
+  absl::Status SampleTokens(const SampleTokensParams& params) override {
+    return SampleTokensHost(params);
+  }
   absl::Status BuildDispatch(const DispatchParams& params) override {
     return BuildDispatchHost(params);
   }

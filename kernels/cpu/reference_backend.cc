@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/moe_ops_host.h"
+#include "kernels/cpu/sampling_host.h"
 
 namespace cmoe::kernels::cpu {
 namespace {
@@ -14,6 +15,9 @@ class ReferenceBackend final : public Backend {
   std::string_view Name() const override { return "reference"; }
 
   absl::Status RouteTopK(const RouteTopKParams& params) override { return RouteTopKHost(params); }
+  absl::Status SampleTokens(const SampleTokensParams& params) override {
+    return SampleTokensHost(params);
+  }
   absl::Status BuildDispatch(const DispatchParams& params) override {
     return BuildDispatchHost(params);
   }

@@ -1,6 +1,6 @@
 // The CudaBackend class, shared by the files that define its ops (cuda_backend.cc: creation,
 // memory, errors; cuda_backend_ops.cc: elementwise ops; cuda_backend_attention.cc;
-// cuda_backend_matmul.cc; cuda_backend_moe.cc). Internal to kernels/cuda.
+// cuda_backend_matmul.cc; cuda_backend_moe.cc; cuda_backend_sampling.cc). Internal to kernels/cuda.
 #ifndef CMOE_KERNELS_CUDA_CUDA_BACKEND_IMPL_H_
 #define CMOE_KERNELS_CUDA_CUDA_BACKEND_IMPL_H_
 
@@ -31,6 +31,7 @@ enum class Scratch : int {
   kCastY,      // cuBLAS: y in the weight dtype before widening, when needed
   kGather,     // GroupedMatMul: gathered rows
   kGroupHost,  // device copies of grouped-GEMM pointer arrays
+  kSampling,   // SampleTokens: the rows' RowSampling
   kCount
 };
 
@@ -71,6 +72,8 @@ class CudaBackend final : public Backend {
   absl::Status BuildDispatch(const DispatchParams& params) override;
   absl::Status GroupedMatMul(const GroupedMatMulParams& params) override;
   absl::Status CombineExperts(const CombineParams& params) override;
+  // cuda_backend_sampling.cc
+  absl::Status SampleTokens(const SampleTokensParams& params) override;
 
   // --- for the op files ---
   cudaStream_t stream() const { return stream_; }

@@ -23,47 +23,14 @@
 #include "engine/model.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/engine/fake_device_backend.h"
 #include "tests/engine/shared_models.h"
-#include "tests/kernels/delegating_backend.h"
 #include "tests/test_util.h"
 
 namespace cmoe::engine {
 namespace {
 
-// The CPU backend dressed as a device: weights are copied at upload (the model must never read
-// the checkpoint's memory), fresh allocations are NaN bytes (nothing may be read before it is
-// written), and every op is the CPU backend's.
-class FakeDeviceBackend final : public testing::DelegatingBackend {
- public:
-  FakeDeviceBackend() : DelegatingBackend(MakeCpu()) {}
-
-  std::string_view Name() const override { return "fake-device"; }
-  bool IsDevice() const override { return true; }
-  absl::StatusOr<kernels::Buffer> Allocate(int64_t bytes) override {
-    CMOE_ASSIGN_OR_RETURN(kernels::Buffer b, Backend::Allocate(bytes));
-    if (bytes > 0) std::memset(b.data(), 0xff, static_cast<size_t>(bytes));
-    return b;
-  }
-  absl::StatusOr<kernels::WeightView> UploadWeight(const kernels::WeightView& host) override {
-    uploads_.emplace_back(static_cast<const char*>(host.data),
-                          static_cast<const char*>(host.data) + host.bytes());
-    kernels::WeightView copy = host;
-    copy.data = uploads_.back().data();
-    uploaded_bytes_ += host.bytes();
-    return copy;
-  }
-  int64_t uploaded_bytes() const { return uploaded_bytes_; }
-
- private:
-  static std::unique_ptr<kernels::Backend> MakeCpu() {
-    auto cpu = kernels::cpu::MakeCpuBackend({.threads = 1});
-    CMOE_CHECK(cpu.ok()) << cpu.status();
-    return std::move(cpu).value();
-  }
-
-  std::vector<std::vector<char>> uploads_;
-  int64_t uploaded_bytes_ = 0;
-};
+using testing::FakeDeviceBackend;
 
 constexpr int64_t kCacheTokens = 1024;
 

@@ -59,6 +59,9 @@ class DelegatingBackend : public kernels::Backend {
   absl::Status CombineExperts(const kernels::CombineParams& p) override {
     return inner_->CombineExperts(p);
   }
+  absl::Status SampleTokens(const kernels::SampleTokensParams& p) override {
+    return inner_->SampleTokens(p);
+  }
 
  protected:
   kernels::Backend& inner() { return *inner_; }
