@@ -12,12 +12,14 @@
 # Kernels check. Steps, each under a timeout, none stopping the later ones; the phases have
 # cumulative deadlines (seconds from the start, below) so the whole check ends within ~9 minutes:
 #   env        nvidia-smi -q and a one-line GPU summary, OS, ldd of the binaries, tool versions
-#   tests      every bin/cuda_*_test with --gtest_output=json
+#   tests      every bin/cuda_*_test with --gtest_output=json (the chained MoE layer a second
+#              time with CMOE_CUDA_GROUPED_GEMM=tensor-core)
 #   memcheck   compute-sanitizer --tool memcheck over each test binary and a small
 #              cmoe-moe-bench run (--error-exitcode, error counts from its summary line)
 #   racecheck  the same with --tool racecheck
 #   bench      cmoe-moe-bench at the Llama-2-7B shape (d 4096, d_h 11008): dense, S2A2E16 and
-#              S3A3E8, batches 1..2048, uniform and skewed routing (--json)
+#              S3A3E8, batches 1..2048, uniform and skewed routing (--json); batches 128, 256
+#              and 2048 again on the tensor-core grouped GEMM (CMOE_CUDA_GROUPED_GEMM)
 #   reference  scripts/moe_reference.py (the PyTorch per-expert loop), same shapes and routings
 #   summary    scripts/gpu_check_summary.py: pass/fail counts, sanitizer errors, carved/dense and
 #              ours/reference ratios per batch, the docs/performance.md targets
@@ -74,7 +76,7 @@
 set -uo pipefail
 
 # Cumulative phase deadlines (seconds from the start).
-readonly CAP_ENV=20 CAP_TESTS=75 CAP_MEMCHECK=120 CAP_RACECHECK=75 CAP_BENCH=130 CAP_REFERENCE=90
+readonly CAP_ENV=20 CAP_TESTS=75 CAP_MEMCHECK=120 CAP_RACECHECK=75 CAP_BENCH=170 CAP_REFERENCE=90
 readonly E2E_CAP_ENV=15 E2E_CAP_PREPARE=95 E2E_CAP_CARVE=165 E2E_CAP_DECODE=160 E2E_CAP_PREFILL=95
 
 MODE=kernels
@@ -254,6 +256,13 @@ run_tests() {
     name=$(basename "$t")
     step tests "$name" 60 "$DETAIL/tests/$name.log" "$t" \
       "--gtest_output=json:$DETAIL/tests/$name.json"
+    # The chained MoE layer once more on the tensor-core grouped GEMM (the backend's other path
+    # above the GEMV; its own op tests ran above).
+    if [[ $name == cuda_moe_ops_test ]]; then
+      step tests "$name-tensor-core" 30 "$DETAIL/tests/$name-tensor-core.log" \
+        env CMOE_CUDA_GROUPED_GEMM=tensor-core "$t" --gtest_filter='CudaMoeLayer.*' \
+        "--gtest_output=json:$DETAIL/tests/$name-tensor-core.json"
+    fi
   done
 }
 
@@ -296,6 +305,14 @@ run_bench() {
         --json "$DETAIL/bench/moe_$routing.json"
     fi
   done
+  # Where the grouped GEMM runs (>= 8 rows per expert): cuBLAS per expert (above) against the
+  # tensor-core kernel without a host sync, to pick the default.
+  if [[ $HAVE_GPU == 1 ]]; then
+    step bench cmoe-moe-bench-uniform_tensor_core 40 "$DETAIL/bench/moe_uniform_tensor_core.txt" \
+      env CMOE_CUDA_GROUPED_GEMM=tensor-core "$BENCH" --device cuda:0 --dim 4096 --ffn 11008 \
+      --config dense,S2A2E16,S3A3E8 --batch 128,256,2048 --reps 20 --warmup 3 --routing uniform \
+      --json "$DETAIL/bench/moe_uniform_tensor_core.json"
+  fi
   if [[ $HAVE_GPU != 1 ]]; then
     step bench cmoe-moe-bench-cuda-no-gpu 20 "$DETAIL/bench/moe_cuda_no_gpu.txt" "$BENCH" \
       --device cuda:0 --dim 64 --ffn 172 --batch 1 --reps 1

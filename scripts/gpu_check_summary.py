@@ -203,11 +203,13 @@ def bench_section(detail, steps, have_gpu, failures, summary):
             failures.append(f"{s['step']}: exit {s['exit']} (log detail/{s['log']})")
             tail = (read_text(os.path.join(detail, s["log"])) or "").strip().splitlines()[-3:]
             lines.append(f"  {s['step']}: FAILED, exit {s['exit']}: " + " / ".join(tail))
-    for routing in ("uniform", "skewed"):
+    # uniform_tensor_core: CMOE_CUDA_GROUPED_GEMM=tensor-core, GPU runs only, no reference.
+    for routing in ("uniform", "skewed", "uniform_tensor_core"):
         ours = read_json(os.path.join(detail, "bench", f"moe_{routing}.json"))
         ref = read_json(os.path.join(detail, "bench", f"ref_{routing}.json"))
         if ours is None:
-            lines.append(f"Bench, routing {routing}: no cmoe-moe-bench results")
+            if routing != "uniform_tensor_core" or have_gpu:
+                lines.append(f"Bench, routing {routing}: no cmoe-moe-bench results")
             continue
         summary["bench"][routing] = {"ours": ours, "reference": ref}
         lines += bench_tables(ours, ref, routing)

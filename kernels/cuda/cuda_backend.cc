@@ -1,7 +1,9 @@
 #include "kernels/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -38,6 +40,19 @@ absl::StatusOr<std::string> CudaDeviceDescription(int device) {
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOptions& options) {
+  GroupedGemmPath grouped_gemm = options.grouped_gemm;
+  if (grouped_gemm == GroupedGemmPath::kFromEnvironment) {
+    const char* env = std::getenv("CMOE_CUDA_GROUPED_GEMM");
+    const std::string value = env != nullptr ? env : "";
+    if (value.empty() || value == "cublas") {
+      grouped_gemm = GroupedGemmPath::kCublas;
+    } else if (value == "tensor-core") {
+      grouped_gemm = GroupedGemmPath::kTensorCore;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("CMOE_CUDA_GROUPED_GEMM=", value,
+                                                     ": expected \"cublas\" or \"tensor-core\""));
+    }
+  }
   CMOE_ASSIGN_OR_RETURN(const int count, CudaDeviceCount());
   if (count == 0) return absl::UnavailableError("no CUDA device on this machine");
   if (options.device < 0 || options.device >= count) {
@@ -61,12 +76,18 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOption
     cudaStreamDestroy(stream);
     return s;
   }
-  return std::make_unique<CudaBackend>(
-      options.device, absl::StrCat("cuda:", options.device, " ", description), stream, cublas);
+  return std::make_unique<CudaBackend>(options.device,
+                                       absl::StrCat("cuda:", options.device, " ", description),
+                                       stream, cublas, grouped_gemm);
 }
 
-CudaBackend::CudaBackend(int device, std::string name, cudaStream_t stream, cublasHandle_t cublas)
-    : device_(device), name_(std::move(name)), stream_(stream), cublas_(cublas) {}
+CudaBackend::CudaBackend(int device, std::string name, cudaStream_t stream, cublasHandle_t cublas,
+                         GroupedGemmPath grouped_gemm)
+    : device_(device),
+      name_(std::move(name)),
+      stream_(stream),
+      cublas_(cublas),
+      grouped_gemm_(grouped_gemm) {}
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);

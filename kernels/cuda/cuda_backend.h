@@ -20,8 +20,17 @@
 
 namespace cmoe::kernels::cuda {
 
+// How GroupedMatMul runs above the grouped GEMV's reach (prefill, large decode batches).
+enum class GroupedGemmPath {
+  kFromEnvironment,  // CMOE_CUDA_GROUPED_GEMM: "cublas" (also when unset) or "tensor-core"
+  kCublas,           // one host sync for the offsets, then one cublasGemmEx per non-empty group
+  kTensorCore,       // grouped_gemm.cu: one WMMA kernel, offsets read on the device (BF16/F16
+                     // weights; F32 weights take cuBLAS)
+};
+
 struct CudaBackendOptions {
   int device = 0;  // CUDA device ordinal
+  GroupedGemmPath grouped_gemm = GroupedGemmPath::kFromEnvironment;
 };
 
 // Devices the driver sees; Unavailable (with the driver's reason) when there is no usable driver
@@ -31,7 +40,8 @@ absl::StatusOr<int> CudaDeviceCount();
 // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" for device `device`.
 absl::StatusOr<std::string> CudaDeviceDescription(int device);
 
-// Unavailable without a usable device; InvalidArgument for an ordinal outside [0, count).
+// Unavailable without a usable device; InvalidArgument for an ordinal outside [0, count) or a
+// CMOE_CUDA_GROUPED_GEMM other than "cublas" or "tensor-core".
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOptions& options);
 
 }  // namespace cmoe::kernels::cuda

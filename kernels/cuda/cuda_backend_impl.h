@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
 
 namespace cmoe::kernels::cuda {
 
@@ -37,8 +38,9 @@ enum class Scratch : int {
 
 class CudaBackend final : public Backend {
  public:
-  // Takes ownership of the stream and handle.
-  CudaBackend(int device, std::string name, cudaStream_t stream, cublasHandle_t cublas);
+  // Takes ownership of the stream and handle. `grouped_gemm` is kCublas or kTensorCore.
+  CudaBackend(int device, std::string name, cudaStream_t stream, cublasHandle_t cublas,
+              GroupedGemmPath grouped_gemm);
   ~CudaBackend() override;
 
   std::string_view Name() const override { return name_; }
@@ -105,6 +107,7 @@ class CudaBackend final : public Backend {
   std::string name_;
   cudaStream_t stream_;
   cublasHandle_t cublas_;
+  GroupedGemmPath grouped_gemm_;
   absl::Status sticky_;
   std::array<Area, static_cast<int>(Scratch::kCount)> scratch_{};
   std::vector<void*> weights_;  // device copies made by UploadWeight

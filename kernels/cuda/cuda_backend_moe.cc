@@ -1,6 +1,7 @@
 // CudaBackend's MoE primitives (kernels/moe_ops.h): validation, the kernel launches, and the
 // prefill path of GroupedMatMul on cuBLAS (cublas_gemm.h). Everything is queued on the backend's
-// stream; only the prefill GroupedMatMul waits for the device (to read the group offsets).
+// stream; only the prefill GroupedMatMul on cuBLAS waits for the device (to read the group
+// offsets); the tensor-core path (CudaBackendOptions::grouped_gemm) does not.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/gather_rows.cuh"
+#include "kernels/cuda/grouped_gemm.cuh"
 #include "kernels/cuda/grouped_gemv.cuh"
 #include "kernels/cuda/route_topk.cuh"
 
@@ -138,6 +140,10 @@ absl::Status CudaBackend::GroupedMatMul(const GroupedMatMulParams& params) {
                                                      kMaxGemvGridGroups));
     }
     return Check(CMOE_CUDA_STATUS(LaunchGroupedGemv(params, stream())));
+  }
+  if (grouped_gemm_ == GroupedGemmPath::kTensorCore &&
+      (params.w.dtype == DType::kBF16 || params.w.dtype == DType::kF16)) {
+    return Check(CMOE_CUDA_STATUS(LaunchGroupedGemm(params, stream())));
   }
   return GroupedGemm(*this, params);
 }

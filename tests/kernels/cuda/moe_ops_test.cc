@@ -3,9 +3,9 @@
 // cuda_backend_moe.cc) against the reference backend, one by one and chained as the MoE layer of
 // kernels/moe_ops.h. Shapes: E from 1 to 1024 (the CUDA limit; 1025 is InvalidArgument), k from 1
 // to E, T = 0, 1 and up to 4096, empty experts, every token on one expert; GroupedMatMul on both
-// paths (the grouped GEMV while num_rows <= 8 * groups, cuBLAS above), with and without a
-// row_index, every weight dtype, widths on and off the 16-byte vector path, groups without rows
-// and one group holding every row. Outputs sit between sentinel guards.
+// paths (the grouped GEMV while num_rows <= 8 * groups, cuBLAS or the tensor-core kernel above),
+// with and without a row_index, every weight dtype, widths on and off the 16-byte vector path,
+// groups without rows and one group holding every row. Outputs sit between sentinel guards.
 //
 // Tolerances:
 // - RouteTopK: selected ids equal exactly (random keys lie far apart next to f32 rounding; ties
@@ -14,8 +14,9 @@
 // - BuildDispatch: counts, offsets, slot_token, slot_source, token_slot equal exactly.
 // - GroupedMatMul, grouped GEMV path: kF32Tolerance for every weight dtype (x stays f32, the
 //   weights widen exactly; only the f32 accumulation order differs).
-// - GroupedMatMul, cuBLAS path: F32 weights kF32Tolerance (CUBLAS_COMPUTE_32F, no TF32); F16
-//   kF16Tolerance and BF16 kBf16Tolerance (x is rounded to the weight dtype for the tensor cores).
+// - GroupedMatMul, cuBLAS path and the tensor-core kernel: F32 weights kF32Tolerance
+//   (CUBLAS_COMPUTE_32F, no TF32); F16 kF16Tolerance and BF16 kBf16Tolerance (x is rounded to the
+//   weight dtype for the tensor cores).
 // - CombineExperts: kF32Tolerance (k + 1 f32 roundings vs one from double).
 // - The chained layer: the selected ids equal exactly; the output x kF32Tolerance on the decode
 //   (GEMV) path for every dtype and on the prefill path with F32 weights, the dtype's tolerance on
@@ -24,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -37,6 +39,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/reference_backend.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/moe_ops.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
@@ -649,6 +652,50 @@ TEST(CudaGroupedMatMul, CublasPathMatchesReference) {
       }
     }
   }
+}
+
+// The tensor-core path (grouped_gemm.cu, CudaBackendOptions::grouped_gemm = kTensorCore): the
+// cuBLAS cases plus several row tiles per group, tile edges (64 rows, 64 outputs, k slices of 32)
+// on and off, a k not a multiple of 16, and the gate+up width of a Llama-2-7B S2A2E16 expert
+// (2 x 688 outputs). F32 weights still take
+// cuBLAS there. Same tolerances as cuBLAS: x rounded to the weight dtype, f32 accumulation.
+TEST(CudaGroupedMatMul, TensorCorePathMatchesReference) {
+  CMOE_CUDA_BACKEND_OR_SKIP(any_gpu);
+  absl::StatusOr<std::unique_ptr<Backend>> gpu =
+      MakeCudaBackend({.device = 0, .grouped_gemm = GroupedGemmPath::kTensorCore});
+  CMOE_ASSERT_OK(gpu.status());
+  std::mt19937 rng(35);
+  std::vector<int32_t> spread(14);
+  std::uniform_int_distribution<int32_t> rows(0, 90);
+  for (int32_t& n : spread) n = rows(rng);
+  spread[3] = 0;
+  spread[9] = 0;
+  const GroupedCase cases[] = {
+      {.out = 48, .in = 64, .counts = {40, 0, 1, 15}},
+      {.out = 33, .in = 40, .counts = {0, 100}},  // every row in one group, two row tiles
+      {.out = 17, .in = 37, .counts = {30, 7, 0}},
+      {.out = 64, .in = 32, .counts = {64, 64, 0, 1}},    // exact tiles, then one row
+      {.out = 65, .in = 33, .counts = {65, 0, 63, 129}},  // one past each edge
+      {.out = 130, .in = 200, .counts = spread},
+      {.out = 1376, .in = 512, .counts = {37, 40, 35, 0, 39, 36, 41, 38}},
+  };
+  for (const GroupedCase& c : cases) {
+    for (const DType dtype : kWeightDTypes) {
+      for (const bool with_row_index : {false, true}) {
+        ASSERT_NO_FATAL_FAILURE(
+            ExpectGroupedParity(**gpu, c, dtype, with_row_index, /*expect_gemv=*/false, rng));
+      }
+    }
+  }
+}
+
+TEST(CudaGroupedMatMul, BadGroupedGemmEnvironmentIsAnError) {
+  CMOE_CUDA_BACKEND_OR_SKIP(any_gpu);
+  ASSERT_EQ(setenv("CMOE_CUDA_GROUPED_GEMM", "cutlass", 1), 0);
+  const absl::StatusOr<std::unique_ptr<Backend>> gpu = MakeCudaBackend({.device = 0});
+  unsetenv("CMOE_CUDA_GROUPED_GEMM");
+  EXPECT_EQ(gpu.status().code(), absl::StatusCode::kInvalidArgument) << gpu.status();
+  EXPECT_NE(gpu.status().message().find("CMOE_CUDA_GROUPED_GEMM"), std::string::npos);
 }
 
 TEST(CudaGroupedMatMul, NoRowsAndBadOffsets) {
