@@ -18,6 +18,13 @@ if(NOT CMOE_CUDA STREQUAL "OFF")
       set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
       list(APPEND CMAKE_CUDA_COMPILE_FEATURES cuda_std_20)
     endif()
+    # Debian's CMake 3.25.1 sets a property on CUDA::nvToolsExt without checking that the target
+    # exists, and CUDA 13 has no nvToolsExt library (only the header-only nvtx3): configuring
+    # fails ("set_property could not find TARGET CUDA::nvToolsExt") unless the target exists.
+    # An empty one is enough; nothing here links it. (Some machines carry a patched module.)
+    if(CMAKE_VERSION VERSION_LESS 3.26 AND NOT TARGET CUDA::nvToolsExt)
+      add_library(CUDA::nvToolsExt INTERFACE IMPORTED)
+    endif()
     find_package(CUDAToolkit REQUIRED)
     set(CMOE_HAVE_CUDA ON)
   elseif(CMOE_CUDA STREQUAL "ON")

@@ -112,7 +112,10 @@ CMOE_SAMPLE_FN int DigitShift(int d, int64_t vocab) {
 // the bins from the largest byte down and returns the byte where above + bins[b] reaches `need`,
 // with `above` then covering the larger bins only; -1 when the bins fall short (cannot happen
 // when `need` is at most the total of the candidates).
-CMOE_SAMPLE_FN int DescendDigit(const uint64_t* bins, uint64_t need, uint64_t& above) {
+// Bin is any 64-bit unsigned type (the CUDA kernel's shared bins are unsigned long long, for its
+// atomics).
+template <class Bin>
+CMOE_SAMPLE_FN int DescendDigit(const Bin* bins, uint64_t need, uint64_t& above) {
   for (int b = kRadixBins - 1; b >= 0; --b) {
     if (above + bins[b] >= need) return b;
     above += bins[b];

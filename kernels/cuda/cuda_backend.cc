@@ -98,9 +98,21 @@ CudaBackend::~CudaBackend() {
   cudaStreamDestroy(stream_);
 }
 
+absl::Status CudaBackend::Ready() {
+  if (!sticky_.ok()) return sticky_;
+  int current = -1;
+  if (cudaGetDevice(&current) == cudaSuccess && current == device_) return absl::OkStatus();
+  return Check(CMOE_CUDA_STATUS(cudaSetDevice(device_)));
+}
+
 absl::Status CudaBackend::Check(absl::Status status) {
-  if (!status.ok() && sticky_.ok() && IsStickyStatus(status)) {
-    sticky_ = status;
+  if (status.ok()) return status;
+  if (IsStickyStatus(status)) {
+    if (sticky_.ok()) sticky_ = status;
+  } else {
+    // A failed runtime call (an allocation, a copy) is also left as the thread's last error;
+    // it belongs to this call, not to the next kernel launch.
+    cudaGetLastError();
   }
   return status;
 }
@@ -143,9 +155,12 @@ absl::StatusOr<WeightView> CudaBackend::UploadWeight(const WeightView& host) {
   CMOE_RETURN_IF_ERROR(
       Check(CMOE_CUDA_STATUS(cudaMalloc(&data, static_cast<size_t>(host.bytes())))));
   weights_.push_back(data);
-  // Synchronous: `host` may be a memory-mapped file the caller unmaps next.
-  CMOE_RETURN_IF_ERROR(Check(CMOE_CUDA_STATUS(
-      cudaMemcpy(data, host.data, static_cast<size_t>(host.bytes()), cudaMemcpyHostToDevice))));
+  // On the backend's stream, then waited for: `host` may be a memory-mapped file the caller
+  // unmaps next, and a cudaMemcpy on the legacy default stream would not be ordered before the
+  // ops on stream_ (non-blocking) that read the weight.
+  CMOE_RETURN_IF_ERROR(Check(CMOE_CUDA_STATUS(cudaMemcpyAsync(
+      data, host.data, static_cast<size_t>(host.bytes()), cudaMemcpyHostToDevice, stream_))));
+  CMOE_RETURN_IF_ERROR(Synchronize());
   device.data = data;
   return device;
 }
@@ -159,12 +174,13 @@ absl::StatusOr<void*> CudaBackend::ScratchSpace(Scratch which, int64_t bytes) {
   Area& area = scratch_[static_cast<int>(which)];
   if (area.bytes >= bytes) return area.device;
   area.uploaded.clear();  // the new area holds no upload yet
+  // At least 1.5x: steps that grow a little at a time do not reallocate every time.
+  const int64_t grown = std::max({bytes, area.bytes + area.bytes / 2, int64_t{4096}});
   // Stream-ordered: work already queued on the old area finishes before it is freed.
   if (area.device != nullptr) {
     CMOE_RETURN_IF_ERROR(Check(CMOE_CUDA_STATUS(cudaFreeAsync(area.device, stream_))));
     area = {};
   }
-  const int64_t grown = std::max<int64_t>(bytes, 4096);
   CMOE_RETURN_IF_ERROR(
       Check(CMOE_CUDA_STATUS(cudaMallocAsync(&area.device, static_cast<size_t>(grown), stream_))));
   area.bytes = grown;

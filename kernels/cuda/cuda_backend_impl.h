@@ -80,10 +80,15 @@ class CudaBackend final : public Backend {
   // --- for the op files ---
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
-  // The sticky error if there is one, else OK: every op starts with CMOE_RETURN_IF_ERROR(Ready()).
-  absl::Status Ready() const { return sticky_; }
-  // Turns a CUDA result into a Status (CMOE_CUDA_STATUS) and remembers sticky errors. Ops call it
-  // after each launch with cudaGetLastError(): Check(CMOE_CUDA_STATUS(cudaGetLastError())).
+  // Every entry point starts with CMOE_RETURN_IF_ERROR(Ready()): the sticky error if there is
+  // one; else it makes this backend's device current on the calling thread (the engine calls
+  // from its step thread, not the thread that made the backend; the current device is per
+  // thread, and a launch into a stream of another device fails) and returns OK.
+  absl::Status Ready();
+  // Turns a CUDA result into a Status (CMOE_CUDA_STATUS) and remembers sticky errors; after a
+  // non-sticky error it clears the thread's last CUDA error, which the next launch's
+  // cudaGetLastError() would report otherwise. Ops call it after each launch with
+  // cudaGetLastError(): Check(CMOE_CUDA_STATUS(cudaGetLastError())).
   absl::Status Check(absl::Status status);
   // At least `bytes` of device scratch of kind `which`, valid until the next call for it.
   absl::StatusOr<void*> ScratchSpace(Scratch which, int64_t bytes);

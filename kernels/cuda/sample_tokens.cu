@@ -7,7 +7,8 @@
 // (logit bits, then the id reversed), the winner is the largest logit with the lowest id. A
 // sampled row then runs radix descents (sample_row.h): per descent step every thread adds the
 // count or fixed-point mass of its matching tokens into 256 shared bins (integer atomics, so
-// the order does not matter), thread 0 picks the byte, and the block moves to the next byte:
+// the order does not matter; lanes of a warp with the same bin add up first), thread 0 picks
+// the byte, and the block moves to the next byte:
 // 4 + ceil(log256 vocab) passes per descent, at most three descents (top-k, top-p, the draw) and
 // two totals. Scaled logits and masses are recomputed per pass from the row (L2-resident) rather
 // than stored.
@@ -83,18 +84,33 @@ __device__ bool Descend(const Row& row, uint64_t lower, bool min_p, uint64_t nee
     const int shift = sr::DigitShift(d, row.vocab);
     for (int b = threadIdx.x; b < sr::kRadixBins; b += kThreads) sh.bins[b] = 0;
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < row.vocab; i += kThreads) {
-      const float s = row.Scaled(i);
-      const uint64_t key = sr::Key(s, i, row.vocab);
-      if ((key & mask) != prefix || key < lower) continue;
-      if (min_p && !sr::PassesMinP(s, row.p.min_p)) continue;
-      const uint64_t w = kMass ? sr::FixedMass(s) : 1;
-      if (w != 0) atomicAdd(&sh.bins[(key >> shift) & 0xff], static_cast<unsigned long long>(w));
+    // Warp-uniform trip count, so that every lane takes part in the aggregation below.
+    for (int64_t base = 0; base < row.vocab; base += kThreads) {
+      const int64_t i = base + threadIdx.x;
+      int bin = -1;
+      uint64_t w = 0;
+      if (i < row.vocab) {
+        const float s = row.Scaled(i);
+        const uint64_t key = sr::Key(s, i, row.vocab);
+        if ((key & mask) == prefix && key >= lower && (!min_p || sr::PassesMinP(s, row.p.min_p))) {
+          w = kMass ? sr::FixedMass(s) : 1;
+          bin = w != 0 ? static_cast<int>((key >> shift) & 0xff) : -1;
+        }
+      }
+      // Most tokens fall into a few bins, and a 64-bit shared atomic is a compare-and-swap
+      // loop: lanes with the same bin add up first (w <= 2^40 as two 20-bit halves, whose sums
+      // over 32 lanes fit in 32 bits) and one of them adds the total.
+      const unsigned peers = __match_any_sync(kFullMask, bin);
+      const unsigned hi = __reduce_add_sync(peers, static_cast<unsigned>(w >> 20));
+      const unsigned lo = __reduce_add_sync(peers, static_cast<unsigned>(w & 0xfffff));
+      if (bin >= 0 && (threadIdx.x % 32) == __ffs(peers) - 1) {
+        atomicAdd(&sh.bins[bin], (static_cast<unsigned long long>(hi) << 20) + lo);
+      }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
       uint64_t above = sh.above;
-      sh.bin = sr::DescendDigit(reinterpret_cast<const uint64_t*>(sh.bins), need, above);
+      sh.bin = sr::DescendDigit(sh.bins, need, above);
       sh.above = above;
     }
     __syncthreads();
@@ -119,7 +135,7 @@ __device__ uint64_t CandidatesMass(const Row& row, uint64_t lower, Shared& sh) {
   return BlockReduce<false>(total, sh);
 }
 
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     SampleTokensKernel(const float* logits, int64_t vocab, const RowSampling* sampling,
                        int32_t* tokens) {
   __shared__ Shared sh;
