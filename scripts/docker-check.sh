@@ -6,8 +6,15 @@
 # /models/model, runs the image's HEALTHCHECK command until it passes, generates text through
 # the server, and stops it with SIGTERM (it must drain and exit 0).
 #
-#   scripts/docker-check.sh [OUT_DIR]      # default OUT_DIR: /tmp/cmoe-docker-check
+#   scripts/docker-check.sh [--cuda] [OUT_DIR]    # default OUT_DIR: /tmp/cmoe-docker-check
 #   CMOE_DOCKER_REUSE=1 scripts/docker-check.sh   # run the image built last time again
+#
+# --cuda builds the CUDA variant (CMOE_CUDA=ON) on stand-ins for NVIDIA's images, which no
+# registry here serves: the devel base is debian:12 plus this machine's /usr/local/cuda, the
+# runtime base debian:12 plus its cuBLAS and NCCL libraries. It checks the image carries the CUDA
+# plugin, that the plugin's libraries resolve, and that `--device cuda` without a GPU is a clear
+# error, then serves on the CPU as above. (Not the real NVIDIA images: their Ubuntu package names
+# are not checked.)
 #
 # Writes OUT_DIR/summary.txt (also printed) and the logs. Slow (a full Release build inside the
 # image: ~20-40 minutes on 2 cores) and heavy (vfs storage copies every layer: ~10 GB under
@@ -16,10 +23,21 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CUDA=0
+if [ "${1:-}" = --cuda ]; then
+  CUDA=1
+  shift
+fi
 OUT="${1:-/tmp/cmoe-docker-check}"
 WORK="${CMOE_DOCKER_WORK:-/var/tmp/cmoe-docker}"
 MODEL="${CMOE_DOCKER_MODEL:-$ROOT/../shared/models/tinystories-656k}"
 IMAGE="localhost/cmoe-serve:check"
+BUILD_ARGS=()
+if [ "$CUDA" = 1 ]; then
+  IMAGE="localhost/cmoe-serve:check-cuda"
+  BUILD_ARGS=(--build-arg CMOE_CUDA=ON --build-arg BUILD_IMAGE=localhost/cmoe-cuda-devel:check
+              --build-arg RUNTIME_IMAGE=localhost/cmoe-cuda-runtime:check)
+fi
 GRPC_PORT="${CMOE_DOCKER_PORT:-50051}"
 export STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
 
@@ -55,34 +73,74 @@ EOF
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
   ctr=$(buildah from scratch)
   buildah copy --quiet "$ctr" "$rootfs/" / > /dev/null
-  buildah config --cmd bash --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    "$ctr"
+  buildah config --cmd bash \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
   buildah commit --quiet "$ctr" docker.io/library/debian:12 > /dev/null
   buildah tag docker.io/library/debian:12 docker.io/library/debian:12-slim
   buildah rm "$ctr" > /dev/null
 fi
-say "base images: $(buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep library/debian | tr '\n' ' ')"
+images() { buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep "$1" | tr -s ' \n' ' '; }
+say "base images: $(images library/debian)"
+
+# --- CUDA stand-ins: debian:12 + this machine's CUDA toolkit / cuBLAS ----------------------------
+if [ "$CUDA" = 1 ]; then
+  cuda_dir=$(readlink -f /usr/local/cuda)
+  [ -x "$cuda_dir/bin/nvcc" ] || fail "--cuda needs a CUDA toolkit at /usr/local/cuda"
+  if ! buildah images --quiet localhost/cmoe-cuda-devel:check > /dev/null 2>&1; then
+    ctr=$(buildah from --pull-never docker.io/library/debian:12)
+    buildah copy --quiet "$ctr" "$cuda_dir" /usr/local/cuda > /dev/null
+    buildah config \
+      --env PATH=/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --env CUDA_HOME=/usr/local/cuda "$ctr"
+    buildah commit --quiet "$ctr" localhost/cmoe-cuda-devel:check > /dev/null
+    buildah rm "$ctr" > /dev/null
+  fi
+  if ! buildah images --quiet localhost/cmoe-cuda-runtime:check > /dev/null 2>&1; then
+    ctr=$(buildah from --pull-never docker.io/library/debian:12-slim)
+    # What NVIDIA's runtime image carries for the plugin: cuBLAS and NCCL (libnccl2).
+    for lib in libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+      src=$(readlink -f "$cuda_dir/lib64/$lib" 2>/dev/null || true)
+      [ -f "$src" ] || src=$(readlink -f "$cuda_dir/lib/$lib")
+      buildah copy --quiet "$ctr" "$src" "/usr/local/cuda/lib64/$lib" > /dev/null
+    done
+    buildah run --isolation chroot "$ctr" -- sh -c \
+      'echo /usr/local/cuda/lib64 > /etc/ld.so.conf.d/cuda.conf && ldconfig'
+    buildah commit --quiet "$ctr" localhost/cmoe-cuda-runtime:check > /dev/null
+    buildah rm "$ctr" > /dev/null
+  fi
+  say "CUDA stand-ins: $(images cmoe-cuda)"
+fi
 
 # --- build ---------------------------------------------------------------------------------------
 start=$(date +%s)
 if [ "${CMOE_DOCKER_REUSE:-0}" = 1 ] && buildah images --quiet "$IMAGE" > /dev/null 2>&1; then
   say "build: reusing $IMAGE (CMOE_DOCKER_REUSE=1)"
-elif ! buildah bud --pull-never --format docker --layers=false -t "$IMAGE" -f "$ROOT/Dockerfile" \
-      "$ROOT" > "$OUT/build.log" 2>&1; then
+elif ! buildah bud --pull-never --format docker --layers=false "${BUILD_ARGS[@]}" -t "$IMAGE" \
+      -f "$ROOT/Dockerfile" "$ROOT" > "$OUT/build.log" 2>&1; then
   tail -30 "$OUT/build.log"
   fail "buildah bud (see $OUT/build.log)"
 else
-  say "build: OK in $(( $(date +%s) - start )) s; image $(buildah images --format '{{.Size}}' "$IMAGE")"
+  size=$(buildah images --format '{{.Size}}' "$IMAGE")
+  say "build: OK in $(( $(date +%s) - start )) s; image $size"
   grep -i "warn" "$OUT/build.log" | grep -iv "apt\|debconf" | head -5 \
     | sed 's/^/  build warning: /' | tee -a "$SUMMARY" || true
 fi
 
 # --- the image's configuration -------------------------------------------------------------------
 buildah inspect --type image "$IMAGE" > "$OUT/inspect.json"
-read_config() { python3 -c "import json,sys; c=json.load(open('$OUT/inspect.json'))['Docker']['config']; print(json.dumps(c.get('$1')))"; }
+# read_config KEY [SUBKEY]: the image config's value as JSON.
+read_config() {
+  python3 - "$OUT/inspect.json" "$@" <<'PY'
+import json, sys
+value = json.load(open(sys.argv[1]))["Docker"]["config"].get(sys.argv[2])
+for key in sys.argv[3:]:
+    value = (value or {}).get(key)
+print(json.dumps(value))
+PY
+}
 user=$(read_config User | tr -d '"')
 entrypoint=$(read_config Entrypoint)
-health=$(python3 -c "import json; h=json.load(open('$OUT/inspect.json'))['Docker']['config'].get('Healthcheck') or {}; print(json.dumps(h.get('Test')))")
+health=$(read_config Healthcheck Test)
 say "user: $user; entrypoint: $entrypoint; healthcheck: $health"
 [ "$user" = "10001:10001" ] || fail "the image runs as '$user', not the non-root 10001:10001"
 [ "$health" != "null" ] || fail "no HEALTHCHECK in the image (built with --format docker)"
@@ -94,8 +152,24 @@ cleanup() {
   buildah rm "$ctr" > /dev/null 2>&1 || true
 }
 trap cleanup EXIT
-run_in() { buildah run --isolation chroot --user "$user" -v "$MODEL:/models/model:ro" "$ctr" -- "$@"; }
+run_in() {
+  buildah run --isolation chroot --user "$user" -v "$MODEL:/models/model:ro" "$ctr" -- "$@"
+}
 say "runs as: $(run_in id)"
+if [ "$CUDA" = 1 ]; then
+  run_in sh -c 'ldd /usr/local/lib/libcmoe_kernels_cuda.so' > "$OUT/plugin-ldd.txt" 2>&1 \
+    || fail "no CUDA plugin in the image (see $OUT/plugin-ldd.txt)"
+  ! grep -q "not found" "$OUT/plugin-ldd.txt" || fail "the plugin's libraries do not all resolve: \
+$(grep 'not found' "$OUT/plugin-ldd.txt" | tr -s ' \t' ' ')"
+  resolved=$(grep -c '=>' "$OUT/plugin-ldd.txt")
+  say "CUDA plugin: /usr/local/lib/libcmoe_kernels_cuda.so, $resolved libraries resolved"
+  if timeout 60 buildah run --isolation chroot --user "$user" -v "$MODEL:/models/model:ro" "$ctr" \
+      -- cmoe-serve --model /models/model --device cuda --port "$GRPC_PORT" \
+      > "$OUT/device-cuda.txt" 2>&1; then
+    fail "cmoe-serve --device cuda started without a GPU"
+  fi
+  say "--device cuda without a GPU: $(grep -i cuda "$OUT/device-cuda.txt" | tail -1)"
+fi
 mapfile -t entry < <(python3 -c "import json; [print(a) for a in $entrypoint]")
 run_in "${entry[@]}" --model /models/model --port "$GRPC_PORT" > "$OUT/server.log" 2>&1 &
 server_pid=$!
