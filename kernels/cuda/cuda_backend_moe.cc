@@ -142,7 +142,8 @@ absl::Status CudaBackend::GroupedMatMul(const GroupedMatMulParams& params) {
     return Check(CMOE_CUDA_STATUS(LaunchGroupedGemv(params, stream())));
   }
   if (grouped_gemm_ == GroupedGemmPath::kTensorCore &&
-      (params.w.dtype == DType::kBF16 || params.w.dtype == DType::kF16)) {
+      (params.w.dtype == DType::kBF16 || params.w.dtype == DType::kF16) &&
+      params.w.rows <= kMaxGroupedGemmOutputs) {
     return Check(CMOE_CUDA_STATUS(LaunchGroupedGemm(params, stream())));
   }
   return GroupedGemm(*this, params);

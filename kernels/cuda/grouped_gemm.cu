@@ -26,6 +26,7 @@ namespace wmma = nvcuda::wmma;
 
 constexpr int kBM = 64;
 constexpr int kBN = 64;
+static_assert(kMaxGroupedGemmOutputs == int64_t{65535} * kBN, "grid.y limit of the launch");
 constexpr int kBK = 32;
 constexpr int kLdAB = kBK + 8;  // halves per staged row: a multiple of 8 (WMMA), rows 16 B apart
 constexpr int kLdC = kBN + 4;   // floats per staged output row: a multiple of 4 (WMMA)
@@ -45,8 +46,8 @@ __device__ __forceinline__ __half FromFloat<__half>(float v) {
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     GroupedGemmKernel(const float* __restrict__ x, const int32_t* __restrict__ row_index,
-                      const int32_t* __restrict__ offsets, int groups, const T* __restrict__ w,
-                      int n_out, int k_in, float* __restrict__ y) {
+                      const int32_t* __restrict__ offsets, int groups, int num_rows,
+                      const T* __restrict__ w, int n_out, int k_in, float* __restrict__ y) {
   __shared__ __align__(128) T a_s[kBM * kLdAB];
   __shared__ __align__(128) T b_s[kBN * kLdAB];
   __shared__ __align__(128) float c_s[kBM * kLdC];
@@ -55,7 +56,9 @@ __global__ void __launch_bounds__(kThreads)
     int group = -1, row0 = 0, row_end = 0;
     int tile = static_cast<int>(blockIdx.x);
     for (int e = 0; e < groups; ++e) {
-      const int begin = offsets[e], end = offsets[e + 1];
+      // Clamped to [0, num_rows], as the grouped GEMV does: a bad plan stays in bounds.
+      const int begin = min(max(offsets[e], 0), num_rows);
+      const int end = min(max(offsets[e + 1], begin), num_rows);
       const int tiles = (end - begin + kBM - 1) / kBM;
       if (tile < tiles) {
         group = e;
@@ -138,19 +141,20 @@ cudaError_t LaunchGroupedGemm(const GroupedMatMulParams& p, cudaStream_t stream)
   }
   const int64_t row_tiles = (p.num_rows + kBM - 1) / kBM + p.w.groups;
   const int64_t col_tiles = (p.w.rows + kBN - 1) / kBN;
-  if (col_tiles > 65535) return cudaErrorInvalidValue;
+  if (col_tiles > 65535 || p.w.rows > kMaxGroupedGemmOutputs) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
+  const auto rows = static_cast<int>(p.num_rows);
   const auto n_out = static_cast<int>(p.w.rows);
   const auto k_in = static_cast<int>(p.w.cols);
   switch (p.w.dtype) {
     case DType::kBF16:
       GroupedGemmKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
-          p.x, p.row_index, p.offsets, p.w.groups, static_cast<const __nv_bfloat16*>(p.w.data),
-          n_out, k_in, p.y);
+          p.x, p.row_index, p.offsets, p.w.groups, rows,
+          static_cast<const __nv_bfloat16*>(p.w.data), n_out, k_in, p.y);
       break;
     case DType::kF16:
       GroupedGemmKernel<__half>
-          <<<grid, kThreads, 0, stream>>>(p.x, p.row_index, p.offsets, p.w.groups,
+          <<<grid, kThreads, 0, stream>>>(p.x, p.row_index, p.offsets, p.w.groups, rows,
                                           static_cast<const __half*>(p.w.data), n_out, k_in, p.y);
       break;
     default:
