@@ -10,10 +10,11 @@ function(cmoe_simd_sources target)
     "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mf16c")
 endfunction()
 
-# cmoe_add_test(<name> SOURCES <files...> LIBS <targets...> LABELS <labels...>)
+# cmoe_add_test(<name> SOURCES <files...> LIBS <targets...> LABELS <labels...>
+#               [TIMEOUT <s>] [TEST_PREFIX <prefix>])
 # One GoogleTest executable; every TEST becomes a CTest test carrying the labels.
 function(cmoe_add_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "" "TIMEOUT;TEST_PREFIX" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_LIBS} cmoe_test_util GTest::gtest GTest::gmock
                                         GTest::gtest_main)
@@ -21,7 +22,7 @@ function(cmoe_add_test name)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 600)
   endif()
-  gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST
+  gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST TEST_PREFIX "${ARG_TEST_PREFIX}"
     PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT})
 endfunction()
 
