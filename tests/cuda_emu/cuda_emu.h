@@ -202,6 +202,7 @@ struct WarpView {
   const uint64_t* values;
   const unsigned* masks;
   unsigned live;
+  bool uniform;  // every live lane passed the same mask
 };
 WarpView WarpExchange(uint64_t value, unsigned mask);
 
@@ -218,6 +219,7 @@ inline bool CheckMask(const WarpView& v, unsigned mask, const char* op) {
     Fault("warp-level op: the mask names an exited lane");
     return false;
   }
+  if (v.uniform) return true;
   for (int j = 0; j < kWarpSize; ++j) {
     if ((mask >> j & 1u) != 0 && v.masks[j] != mask) {
       Fault("warp-level op: lanes in the mask passed different masks");
@@ -320,6 +322,8 @@ cudaError_t cudaGetDevice(int* device);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
 cudaError_t cudaDeviceSynchronize();
+// Frees every allocation, stream and event and clears a sticky error (a fresh device).
+cudaError_t cudaDeviceReset();
 cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();
 const char* cudaGetErrorString(cudaError_t error);

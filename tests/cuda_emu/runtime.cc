@@ -23,8 +23,9 @@
 // which understands swapcontext.
 #if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
 #define CMOE_EMU_ASM_SWITCH 1
-// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
-// the stack pointer in *save, and resumes the stack `load` saved the same way.
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *save, and
+// resumes the stack `load` saved the same way. (MXCSR and the x87 control word are not switched:
+// no kernel changes them.)
 extern "C" void cmoe_emu_switch(void** save, void* load);
 asm(R"(
   .text
@@ -37,14 +38,8 @@ cmoe_emu_switch:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -101,9 +96,11 @@ struct Warp {
   uint64_t values[2][kWarpSize];
   unsigned masks[2][kWarpSize];
   unsigned live_at[2] = {0, 0};  // the live lanes when the exchange in that slot completed
+  bool uniform_at[2] = {false, false};  // whether every live lane posted the same mask
   int arrived = 0;
   unsigned generation = 0;
   unsigned live = 0;
+  int live_count = 0;
 };
 
 struct Block {
@@ -199,8 +196,15 @@ void ReleaseIfComplete(Block& b) {
   }
 }
 void ReleaseIfComplete(Warp& w) {
-  if (w.arrived > 0 && w.arrived >= std::popcount(w.live)) {
-    w.live_at[w.generation & 1u] = w.live;
+  if (w.arrived > 0 && w.arrived >= w.live_count) {
+    const unsigned slot = w.generation & 1u;
+    w.live_at[slot] = w.live;
+    bool uniform = true;
+    const unsigned first = w.masks[slot][std::countr_zero(w.live)];
+    for (int j = 0; j < kWarpSize; ++j) {
+      if ((w.live >> j & 1u) != 0 && w.masks[slot][j] != first) uniform = false;
+    }
+    w.uniform_at[slot] = uniform;
     w.arrived = 0;
     ++w.generation;
   }
@@ -218,6 +222,7 @@ void FiberEntry() {
   ++b.progress;
   Warp& w = b.warps[static_cast<size_t>(f.linear / kWarpSize)];
   w.live &= ~(1u << (f.linear % kWarpSize));
+  --w.live_count;
   ReleaseIfComplete(b);
   ReleaseIfComplete(w);
   SwitchTo(f.context, b.scheduler);
@@ -227,19 +232,14 @@ void FiberEntry() {
 // A context that starts FiberEntry on `stack` (kStackBytes, growing down).
 [[gnu::noinline]] void InitContext(Context& c, char* stack) {
 #if CMOE_EMU_ASM_SWITCH
-  // What cmoe_emu_switch pops, from the lowest address: MXCSR and the x87 control word (the
-  // caller's), r15, r14, r13, r12, rbx, rbp, the return address (FiberEntry), then a zero slot so
-  // that FiberEntry starts with the stack aligned as after a call.
+  // What cmoe_emu_switch pops, from the lowest address: r15, r14, r13, r12, rbx, rbp, the return
+  // address (FiberEntry), then a zero slot so that FiberEntry starts with the stack aligned as
+  // after a call.
   auto* top = reinterpret_cast<uint64_t*>(stack + kStackBytes);
-  uint64_t* sp = top - 9;
-  uint32_t mxcsr = 0;
-  uint16_t fpcw = 0;
-  asm volatile("stmxcsr %0" : "=m"(mxcsr));
-  asm volatile("fnstcw %0" : "=m"(fpcw));
-  sp[0] = mxcsr | (uint64_t{fpcw} << 32);
-  for (int i = 1; i <= 6; ++i) sp[i] = 0;
-  sp[7] = reinterpret_cast<uint64_t>(&FiberEntry);
-  sp[8] = 0;
+  uint64_t* sp = top - 8;
+  for (int i = 0; i < 6; ++i) sp[i] = 0;
+  sp[6] = reinterpret_cast<uint64_t>(&FiberEntry);
+  sp[7] = 0;
   c.sp = sp;
 #else
   getcontext(&c.uc);
@@ -264,7 +264,9 @@ bool RunBlock(State& s, int threads) {
   b.fibers.resize(static_cast<size_t>(threads));
   b.warps.resize(static_cast<size_t>((threads + kWarpSize - 1) / kWarpSize));
   for (int t = 0; t < threads; ++t) {
-    b.warps[static_cast<size_t>(t / kWarpSize)].live |= 1u << (t % kWarpSize);
+    Warp& w = b.warps[static_cast<size_t>(t / kWarpSize)];
+    w.live |= 1u << (t % kWarpSize);
+    ++w.live_count;
   }
   b.live = threads;
   s.block = &b;
@@ -346,7 +348,7 @@ WarpView WarpExchange(uint64_t value, unsigned mask) {
   ++b.progress;
   ReleaseIfComplete(w);
   while (w.generation == generation) Yield();
-  return {w.values[slot], w.masks[slot], w.live_at[slot]};
+  return {w.values[slot], w.masks[slot], w.live_at[slot], w.uniform_at[slot]};
 }
 
 void Launch(const void* kernel, const LaunchConfig& c, const std::function<void()>& body) {
@@ -591,6 +593,22 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 }
 
 cudaError_t cudaDeviceSynchronize() { return StreamOp(nullptr); }
+
+cudaError_t cudaDeviceReset() {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  for (const auto& [address, bytes] : s.allocations) std::free(reinterpret_cast<void*>(address));
+  s.allocations.clear();
+  s.allocated = 0;
+  for (cudaStream_t stream : s.streams) delete reinterpret_cast<char*>(stream);
+  s.streams.clear();
+  for (cudaEvent_t event : s.events) delete reinterpret_cast<emu::Event*>(event);
+  s.events.clear();
+  s.max_dynamic_shared.clear();
+  s.sticky = cudaSuccess;
+  emu::t_last_error = cudaSuccess;
+  return cudaSuccess;
+}
 
 cudaError_t cudaGetLastError() {
   emu::State& s = emu::S();

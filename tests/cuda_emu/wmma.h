@@ -5,6 +5,7 @@
 #ifndef CMOE_TESTS_CUDA_EMU_WMMA_H_
 #define CMOE_TESTS_CUDA_EMU_WMMA_H_
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -57,20 +58,30 @@ void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsig
   }
 }
 
+// A warp-collective op, as on the device: every lane holds the same tiles, so the lowest live
+// lane computes the product once and the others copy it (three warp exchanges instead of 32
+// copies of 4096 FMAs).
 template <class TA, class LA, class TB, class LB>
 void mma_sync(fragment<accumulator, 16, 16, 16, float>& d,
               const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
               const fragment<matrix_b, 16, 16, 16, TB, LB>& b,
               const fragment<accumulator, 16, 16, 16, float>& c) {
   float out[16 * 16];
-  for (int m = 0; m < 16; ++m) {
-    for (int n = 0; n < 16; ++n) {
-      float s = c.x[m * 16 + n];
-      for (int k = 0; k < 16; ++k) s = std::fma(a.x[m * 16 + k], b.x[k * 16 + n], s);
-      out[m * 16 + n] = s;
+  const auto posted = ::cmoe::cuda_emu::WarpExchange(reinterpret_cast<uintptr_t>(out), ~0u);
+  const int leader = std::countr_zero(posted.live);
+  if (::cmoe::cuda_emu::LaneId() == leader) {
+    for (int m = 0; m < 16; ++m) {
+      for (int n = 0; n < 16; ++n) {
+        float s = c.x[m * 16 + n];
+        for (int k = 0; k < 16; ++k) s = std::fma(a.x[m * 16 + k], b.x[k * 16 + n], s);
+        out[m * 16 + n] = s;
+      }
     }
   }
-  std::memcpy(d.x, out, sizeof out);
+  const auto* product = reinterpret_cast<const float*>(posted.values[leader]);
+  ::cmoe::cuda_emu::WarpExchange(0, ~0u);  // the leader has computed
+  std::memcpy(d.x, product, sizeof out);
+  ::cmoe::cuda_emu::WarpExchange(0, ~0u);  // everyone has copied: the leader's `out` may go
 }
 
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f,

@@ -76,7 +76,10 @@ double RelativeMargin(LoadedModel& cpu, std::vector<int32_t> context) {
 void ExpectSameAsCpu(const std::string& dir, const std::string& label) {
   LoadedModel cpu = Load(dir, "cpu");
   LoadedModel gpu = Load(dir, "cuda");
-  const std::vector<int32_t> prompt = Encode(*cpu.tokenizer, ValText(500000, 300));
+  std::vector<int32_t> prompt = Encode(*cpu.tokenizer, ValText(500000, 300));
+  // Room for the continuation: babyllama-tok105's characters as tokens overflow a 256 context.
+  const auto room = static_cast<size_t>(cpu.model->config().max_position_embeddings - kTokens);
+  if (prompt.size() > room) prompt.resize(room);
   const GenerateOptions greedy{.max_new_tokens = kTokens, .ignore_eos = true};
   auto want = GenerateTokens(*cpu.model, *cpu.cache, prompt, greedy);
   auto got = GenerateTokens(*gpu.model, *gpu.cache, prompt, greedy);
