@@ -163,15 +163,17 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
   std::vector<float> op_a(static_cast<size_t>(m) * kk), op_bt(static_cast<size_t>(n) * kk);
   for (int i = 0; i < m; ++i) {
     for (int l = 0; l < k; ++l) {
-      const size_t at = transa == CUBLAS_OP_N ? static_cast<size_t>(i) + static_cast<size_t>(l) * lda
-                                              : static_cast<size_t>(l) + static_cast<size_t>(i) * lda;
+      const size_t at = transa == CUBLAS_OP_N
+                            ? static_cast<size_t>(i) + static_cast<size_t>(l) * lda
+                            : static_cast<size_t>(l) + static_cast<size_t>(i) * lda;
       op_a[static_cast<size_t>(i) * kk + static_cast<size_t>(l)] = Load(a, a_type, at);
     }
   }
   for (int j = 0; j < n; ++j) {
     for (int l = 0; l < k; ++l) {
-      const size_t at = transb == CUBLAS_OP_N ? static_cast<size_t>(l) + static_cast<size_t>(j) * ldb
-                                              : static_cast<size_t>(j) + static_cast<size_t>(l) * ldb;
+      const size_t at = transb == CUBLAS_OP_N
+                            ? static_cast<size_t>(l) + static_cast<size_t>(j) * ldb
+                            : static_cast<size_t>(j) + static_cast<size_t>(l) * ldb;
       op_bt[static_cast<size_t>(j) * kk + static_cast<size_t>(l)] = Load(b, b_type, at);
     }
   }

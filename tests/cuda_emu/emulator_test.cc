@@ -192,12 +192,26 @@ TEST_F(CudaEmulator, CublasGemmExIsColumnMajorGemm) {
     }
     EXPECT_TRUE(std::isnan(got[static_cast<size_t>(m + j * ldc)]));  // rows past m untouched
   }
-  EXPECT_EQ(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, d_a, CUDA_R_32F,
-                         k - 1, d_b, CUDA_R_32F, ldb, &beta, d_c, CUDA_R_32F, ldc,
-                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+  EXPECT_EQ(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, d_a, CUDA_R_32F, k - 1,
+                         d_b, CUDA_R_32F, ldb, &beta, d_c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
             CUBLAS_STATUS_INVALID_VALUE);  // lda < k for a transposed A
   EXPECT_EQ(cublasDestroy(handle), CUBLAS_STATUS_SUCCESS);
 }
+
+// Device memory is exactly as long as asked, so AddressSanitizer (the asan preset) catches a
+// kernel writing one element past an allocation, as compute-sanitizer's memcheck would.
+#if defined(__SANITIZE_ADDRESS__)
+TEST_F(CudaEmulator, OutOfBoundsWriteIsCaughtUnderAddressSanitizer) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        int* out = DeviceAlloc<int>(48);
+        LaunchWriteIndex(49, out);
+      },
+      "heap-buffer-overflow");
+}
+#endif
 
 }  // namespace
 }  // namespace cmoe::cuda_emu::testing

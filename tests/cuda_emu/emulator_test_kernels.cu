@@ -65,6 +65,9 @@ __global__ void DeadlockKernel(int* out) {
 
 __global__ void EmptyKernel() {}
 
+// Thread i writes out[i]: one past the end when launched with n + 1 threads.
+__global__ void WriteIndexKernel(int* out) { out[threadIdx.x] = static_cast<int>(threadIdx.x); }
+
 // Lanes 16..31 exit, then the rest shuffle with a full mask.
 __global__ void ExitedLaneKernel(int* out) {
   if (threadIdx.x >= 16) return;
@@ -106,9 +109,8 @@ cudaError_t LaunchBlockSum(int blocks, int threads, const int* in, int* out) {
 }
 cudaError_t LaunchDynamicShared(int n, size_t bytes, bool opt_in, int* out) {
   if (opt_in) {
-    const cudaError_t e = cudaFuncSetAttribute(DynamicSharedKernel,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(bytes));
+    const cudaError_t e = cudaFuncSetAttribute(
+        DynamicSharedKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
     if (e != cudaSuccess) return e;
   }
   DynamicSharedKernel<<<1, 128, bytes>>>(n, out);
@@ -132,6 +134,10 @@ cudaError_t LaunchAtomicCount(int blocks, int threads, int* counter, unsigned lo
 }
 cudaError_t LaunchWmma(const void* a, const void* b, float* c) {
   WmmaKernel<<<1, 32>>>(static_cast<const __half*>(a), static_cast<const __half*>(b), c);
+  return cudaGetLastError();
+}
+cudaError_t LaunchWriteIndex(int threads, int* out) {
+  WriteIndexKernel<<<1, threads>>>(out);
   return cudaGetLastError();
 }
 cudaError_t LaunchBadBlock(int threads) {

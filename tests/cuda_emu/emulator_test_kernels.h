@@ -17,6 +17,7 @@ cudaError_t LaunchMisalignedLoad(const float* p, float* out);
 cudaError_t LaunchAtomicCount(int blocks, int threads, int* counter, unsigned long long* wide);
 cudaError_t LaunchWmma(const void* a, const void* b, float* c);  // a, b: 16x16 f16
 cudaError_t LaunchBadBlock(int threads);
+cudaError_t LaunchWriteIndex(int threads, int* out);  // out[i] = i for i < threads
 
 }  // namespace cmoe::cuda_emu::testing
 

@@ -21,9 +21,7 @@ inline unsigned short __half_as_ushort(__half h) { return h.bits; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short b) { return {b}; }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 
-inline float __half2float(__half h) {
-  return static_cast<float>(std::bit_cast<_Float16>(h.bits));
-}
+inline float __half2float(__half h) { return static_cast<float>(std::bit_cast<_Float16>(h.bits)); }
 inline __half __float2half_rn(float f) {
   return {std::bit_cast<uint16_t>(static_cast<_Float16>(f))};  // IEEE round to nearest even
 }

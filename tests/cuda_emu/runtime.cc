@@ -95,7 +95,7 @@ struct Fiber : FiberState {
 struct Warp {
   uint64_t values[2][kWarpSize];
   unsigned masks[2][kWarpSize];
-  unsigned live_at[2] = {0, 0};  // the live lanes when the exchange in that slot completed
+  unsigned live_at[2] = {0, 0};         // the live lanes when the exchange in that slot completed
   bool uniform_at[2] = {false, false};  // whether every live lane posted the same mask
   int arrived = 0;
   unsigned generation = 0;
@@ -294,8 +294,8 @@ bool RunBlock(State& s, int threads) {
       break;
     }
     if (!any) break;
-    if (b.progress == before && std::any_of(b.fibers.begin(), b.fibers.end(),
-                                            [](const Fiber& f) { return !f.done; })) {
+    if (b.progress == before &&
+        std::any_of(b.fibers.begin(), b.fibers.end(), [](const Fiber& f) { return !f.done; })) {
       int waiting = 0;
       for (const Fiber& f : b.fibers) waiting += f.done ? 0 : 1;
       s.fault = "deadlock: " + std::to_string(waiting) + " of " + std::to_string(threads) +
@@ -390,8 +390,8 @@ void Launch(const void* kernel, const LaunchConfig& c, const std::function<void(
         g_block_idx = {x, y, z};
         if (!RunBlock(s, static_cast<int>(threads))) {
           std::fprintf(stderr, "cuda-emu: kernel launched at %s:%u (grid %s, block %s): %s\n",
-                       where.file_name(), static_cast<unsigned>(where.line()),
-                       Dim(c.grid).c_str(), Dim(c.block).c_str(), s.fault.c_str());
+                       where.file_name(), static_cast<unsigned>(where.line()), Dim(c.grid).c_str(),
+                       Dim(c.block).c_str(), s.fault.c_str());
           s.sticky = cudaErrorLaunchFailure;
           t_last_error = s.sticky;
           g_dynamic_shared = nullptr;
@@ -437,10 +437,11 @@ cudaError_t Allocate(void** ptr, size_t bytes) {
   if (bytes > emu::MemoryLimit() || s.allocated + bytes > emu::MemoryLimit()) {
     return emu::Result(s, cudaErrorMemoryAllocation);
   }
-  const size_t rounded = (bytes + 255) / 256 * 256;
-  void* p = std::aligned_alloc(256, rounded);
-  if (p == nullptr) return emu::Result(s, cudaErrorMemoryAllocation);
-  std::memset(p, 0xff, rounded);
+  // 256-byte aligned like cudaMalloc, and exactly `bytes` long so that AddressSanitizer (the
+  // asan preset) reports a kernel that reads or writes one byte past an allocation.
+  void* p = nullptr;
+  if (posix_memalign(&p, 256, bytes) != 0) return emu::Result(s, cudaErrorMemoryAllocation);
+  std::memset(p, 0xff, bytes);
   s.allocations[reinterpret_cast<uintptr_t>(p)] = bytes;
   s.allocated += bytes;
   *ptr = p;
