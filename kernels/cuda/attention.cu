@@ -23,12 +23,20 @@
 // are merged through shared memory and each query's output is written once. head_dim up to 512
 // (D in {1, 2, 4, 8, 16}); kQ * D <= 16 keeps the per-thread state in registers.
 //
+// Split-K (args.num_splits > 1, chosen by PlanAttentionSplit for decode steps whose grid would
+// leave most SMs idle): grid.x also counts splits, and a block handles only keys
+// [split * split_keys, (split + 1) * split_keys) of its queries, then writes its unnormalised
+// partial state (max, sum, weighted value sum) to args.partial instead of the output. A second
+// kernel (CombineSplitsKernel) merges, per query vector, the splits that hold keys at or before
+// its position, and writes the output once.
+//
 // Tolerance against the CPU reference (double dot products, exp and sums): f32 dot products and
 // sums in another order and exp2f (2 ulp) on pre-scaled scores give relative errors of a few
 // 1e-7 on the outputs; tests/kernels/cuda/attention_test.cc asserts max NMSE 1e-9 and per element
 // |got - want| <= 1e-5 + 1e-4 * |want|.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -43,6 +51,10 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMaxWarps = 16;
 constexpr int kMaxGridYz = 65535;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kMaxSplits = 64;
+constexpr int64_t kMinSplitContext = 1024;
+constexpr int64_t kMinSplitKeys = 256;
+constexpr int kCombineThreads = 128;
 
 // Per head-dim class D (registers per lane per head vector): kQ query vectors per block and
 // kKeys keys per warp iteration, sized so the per-thread state stays in registers.
@@ -50,6 +62,17 @@ template <int D>
 struct Tile {
   static constexpr int kQ = (16 / D) < 8 ? (16 / D) : 8;
   static constexpr int kKeys = D >= 16 ? 1 : (D >= 8 ? 2 : 4);
+};
+
+// Where a split launch keeps its partial states: for query vector slot (sequence, kv head, q,
+// split), index ((sequence * n_kv_heads + kv_head) * q_slots + q) * num_splits + split into acc
+// (head_dim floats each) and ml (max and sum, 2 floats each). first_sequence: the launch chunk's
+// first sequence.
+struct SplitArgs {
+  int32_t first_sequence;
+  int64_t q_slots;  // max_tokens * G
+  float* acc;
+  float* ml;
 };
 
 // Where the block's queries are: query qi (< nq) is vector first_q + qi of its sequence.
@@ -202,9 +225,12 @@ __device__ __forceinline__ void UpdateSoftmax(float (&s)[kQ][kKeys], const float
 
 // The merge of the warps' partial states: shared memory, written by every warp, then per query
 // the weight each warp's sum gets (exp2(m_w - max) / total), then the outputs.
+// partial < 0: normalise and write the outputs. Otherwise a split launch: write query qi's
+// unnormalised state to SplitArgs slot partial + qi * num_splits.
 template <int D, int kQ>
 __device__ void MergeAndStore(const PagedAttentionArgs& a, const DeviceAttentionSequence& seq,
-                              const BlockQueries& b, int kv_head, const WarpState<D, kQ>& st) {
+                              const BlockQueries& b, int kv_head, const WarpState<D, kQ>& st,
+                              const SplitArgs& split, int64_t partial) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
@@ -231,7 +257,9 @@ __device__ void MergeAndStore(const PagedAttentionArgs& a, const DeviceAttention
     const int qi = threadIdx.x;
     float max_m = -INFINITY;
     for (int w = 0; w < num_warps; ++w) max_m = fmaxf(max_m, s_m[w * kQ + qi]);
-    // Warp 0 saw position 0, which every query attends to: max_m is finite and total >= 1.
+    // Without splits warp 0 saw position 0, which every query attends to: max_m is finite and
+    // total >= 1. A split may hold no key at or before a query's position: max_m is then -inf,
+    // every weight 0, and the combine never reads that state.
     float total = 0.0f;
     for (int w = 0; w < num_warps; ++w) {
       const float mw = s_m[w * kQ + qi];
@@ -239,8 +267,14 @@ __device__ void MergeAndStore(const PagedAttentionArgs& a, const DeviceAttention
       s_weight[w * kQ + qi] = weight;
       total += weight * s_l[w * kQ + qi];
     }
-    const float inv_total = 1.0f / total;
-    for (int w = 0; w < num_warps; ++w) s_weight[w * kQ + qi] *= inv_total;
+    if (partial >= 0) {
+      const int64_t slot = partial + static_cast<int64_t>(qi) * a.num_splits;
+      split.ml[slot * 2] = max_m;
+      split.ml[slot * 2 + 1] = total;
+    } else {
+      const float inv_total = 1.0f / total;
+      for (int w = 0; w < num_warps; ++w) s_weight[w * kQ + qi] *= inv_total;
+    }
   }
   __syncthreads();
   const int head_dim = a.cache.head_dim;
@@ -251,30 +285,52 @@ __device__ void MergeAndStore(const PagedAttentionArgs& a, const DeviceAttention
     for (int w = 0; w < num_warps; ++w) {
       o += s_weight[w * kQ + qi] * s_acc[(w * kQ + qi) * kWidth + d];
     }
-    a.out[QueryOffset(a, seq, b, kv_head, qi) + d] = o;
+    if (partial >= 0) {
+      split.acc[(partial + static_cast<int64_t>(qi) * a.num_splits) * head_dim + d] = o;
+    } else {
+      a.out[QueryOffset(a, seq, b, kv_head, qi) + d] = o;
+    }
   }
 }
 
 template <int D>
 __global__ void __launch_bounds__(kMaxWarps* kWarpSize)
-    PagedAttentionKernel(const PagedAttentionArgs a) {
+    PagedAttentionKernel(const PagedAttentionArgs a, const SplitArgs split) {
   constexpr int kQ = Tile<D>::kQ;
   constexpr int kKeys = Tile<D>::kKeys;
   const DeviceAttentionSequence seq = a.sequences[blockIdx.z];
   BlockQueries b;
   b.group = a.n_heads / a.cache.n_kv_heads;
-  b.first_q = static_cast<int64_t>(blockIdx.x) * kQ;
+  const int split_index = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.num_splits));
+  b.first_q = static_cast<int64_t>(blockIdx.x / static_cast<unsigned>(a.num_splits)) * kQ;
   const int64_t total_q = seq.num_tokens * b.group;
   if (b.first_q >= total_q) return;  // block-uniform: before any barrier
   b.nq = static_cast<int>(total_q - b.first_q < kQ ? total_q - b.first_q : kQ);
   b.first_pos = seq.context_len - seq.num_tokens;
   const int kv_head = static_cast<int>(blockIdx.y);
+  // Rows are in position order: the block's last query has the largest position.
+  const int keys_end = static_cast<int>(b.first_pos + QueryRow(b, b.nq - 1)) + 1;
+  int key_begin = 0;
+  int key_end = keys_end;
+  int64_t partial = -1;
+  if (a.num_splits > 1) {
+    key_begin = split_index * a.split_keys;
+    if (key_begin >= keys_end) return;  // no query of the block reaches this split (uniform)
+    key_end = keys_end - key_begin < a.split_keys ? keys_end : key_begin + a.split_keys;
+    partial =
+        ((static_cast<int64_t>(split.first_sequence) + blockIdx.z) * a.cache.n_kv_heads + kv_head) *
+            split.q_slots +
+        b.first_q;
+    partial = partial * a.num_splits + split_index;
+  }
 
   float q[kQ][D];
   int pos[kQ];
   LoadQueries<D, kQ>(a, seq, b, kv_head, q, pos);
-  // Rows are in position order: the block's last query has the largest position.
-  const int keys_end = static_cast<int>(b.first_pos + QueryRow(b, b.nq - 1)) + 1;
+  // The softmax masks keys past pos: past key_end too (LoadBatch reads them as zeros, whose
+  // score 0 must not count), which only a split's range can cut below a query's position.
+#pragma unroll
+  for (int qi = 0; qi < kQ; ++qi) pos[qi] = pos[qi] < key_end - 1 ? pos[qi] : key_end - 1;
 
   WarpState<D, kQ> st;
 #pragma unroll
@@ -287,13 +343,53 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize)
   const int32_t* table = a.block_tables + seq.table_offset;
   const int warp = threadIdx.x / kWarpSize;
   const int num_warps = blockDim.x / kWarpSize;
-  for (int base = warp * kKeys; base < keys_end; base += num_warps * kKeys) {
+  for (int base = key_begin + warp * kKeys; base < key_end; base += num_warps * kKeys) {
     float kr[kKeys][D], vr[kKeys][D], s[kQ][kKeys];
-    LoadBatch<D, kKeys>(a, table, base, keys_end, kv_head, kr, vr);
+    LoadBatch<D, kKeys>(a, table, base, key_end, kv_head, kr, vr);
     ScoreBatch<D, kQ, kKeys>(q, kr, b.nq, s);
     UpdateSoftmax<D, kQ, kKeys>(s, vr, base, pos, b.nq, st);
   }
-  MergeAndStore<D, kQ>(a, seq, b, kv_head, st);
+  MergeAndStore<D, kQ>(a, seq, b, kv_head, st, split, partial);
+}
+
+// The merge of a split launch: one block per (query vector, kv head, sequence); the splits that
+// hold keys at or before the query's position (each has a finite max: it holds its first key),
+// weighted by exp2(m_s - max) and normalised by the weighted sums.
+__global__ void __launch_bounds__(kCombineThreads)
+    CombineSplitsKernel(const PagedAttentionArgs a, const SplitArgs split) {
+  __shared__ float s_weight[kMaxSplits];
+  const DeviceAttentionSequence seq = a.sequences[blockIdx.z];
+  const int group = a.n_heads / a.cache.n_kv_heads;
+  const int64_t q = blockIdx.x;
+  if (q >= seq.num_tokens * group) return;  // block-uniform: before the barrier
+  const int kv_head = static_cast<int>(blockIdx.y);
+  const int64_t pos = seq.context_len - seq.num_tokens + q / group;
+  const int used = static_cast<int>(pos / a.split_keys) + 1;
+  const int64_t first =
+      ((static_cast<int64_t>(split.first_sequence) + blockIdx.z) * a.cache.n_kv_heads + kv_head) *
+          split.q_slots +
+      q;
+  const int64_t slot0 = first * a.num_splits;
+  if (threadIdx.x == 0) {
+    float max_m = -INFINITY;
+    for (int s = 0; s < used; ++s) max_m = fmaxf(max_m, split.ml[(slot0 + s) * 2]);
+    float total = 0.0f;
+    for (int s = 0; s < used; ++s) {
+      s_weight[s] = exp2f(split.ml[(slot0 + s) * 2] - max_m);
+      total += s_weight[s] * split.ml[(slot0 + s) * 2 + 1];
+    }
+    const float inv_total = 1.0f / total;
+    for (int s = 0; s < used; ++s) s_weight[s] *= inv_total;
+  }
+  __syncthreads();
+  const int head_dim = a.cache.head_dim;
+  const int64_t head = static_cast<int64_t>(kv_head) * group + q % group;
+  float* out = a.out + ((seq.first_row + q / group) * a.n_heads + head) * head_dim;
+  for (int d = static_cast<int>(threadIdx.x); d < head_dim; d += kCombineThreads) {
+    float o = 0.0f;
+    for (int s = 0; s < used; ++s) o += s_weight[s] * split.acc[(slot0 + s) * head_dim + d];
+    out[d] = o;
+  }
 }
 
 // Warps per block: 4 when the grid alone fills the GPU, more for a few long rows (decode).
@@ -307,26 +403,82 @@ template <int D>
 cudaError_t Launch(const PagedAttentionArgs& args, cudaStream_t stream) {
   constexpr int kQ = Tile<D>::kQ;
   const int64_t group = args.n_heads / args.cache.n_kv_heads;
-  const int64_t grid_x = (args.max_tokens * group + kQ - 1) / kQ;
+  const int64_t grid_x = (args.max_tokens * group + kQ - 1) / kQ * args.num_splits;
   if (grid_x > std::numeric_limits<int32_t>::max()) return cudaErrorInvalidConfiguration;
   const int64_t first_chunk = args.num_sequences < kMaxGridYz ? args.num_sequences : kMaxGridYz;
-  const int warps = WarpsPerBlock(grid_x * args.cache.n_kv_heads * first_chunk, args.max_context);
+  const int64_t block_keys = args.num_splits > 1 ? args.split_keys : args.max_context;
+  const int warps = WarpsPerBlock(grid_x * args.cache.n_kv_heads * first_chunk, block_keys);
   const size_t smem =
       static_cast<size_t>(warps) * kQ * (kWarpSize * D + 3) * sizeof(float);  // <= 35 KiB
+  const int64_t q_slots = args.max_tokens * group;
+  SplitArgs split{.first_sequence = 0, .q_slots = q_slots, .acc = nullptr, .ml = nullptr};
+  if (args.num_splits > 1) {
+    split.acc = args.partial;
+    split.ml = args.partial + static_cast<int64_t>(args.num_sequences) * args.cache.n_kv_heads *
+                                  q_slots * args.num_splits * args.cache.head_dim;
+  }
   for (int32_t first = 0; first < args.num_sequences; first += kMaxGridYz) {
     PagedAttentionArgs chunk = args;
     chunk.sequences = args.sequences + first;
     const int32_t rest = args.num_sequences - first;
     chunk.num_sequences = rest < kMaxGridYz ? rest : kMaxGridYz;
+    split.first_sequence = first;
     const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(args.cache.n_kv_heads),
                     static_cast<unsigned>(chunk.num_sequences));
-    PagedAttentionKernel<D><<<grid, warps * kWarpSize, smem, stream>>>(chunk);
+    PagedAttentionKernel<D><<<grid, warps * kWarpSize, smem, stream>>>(chunk, split);
     if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+    if (args.num_splits > 1) {
+      const dim3 combine(static_cast<unsigned>(q_slots),
+                         static_cast<unsigned>(args.cache.n_kv_heads),
+                         static_cast<unsigned>(chunk.num_sequences));
+      CombineSplitsKernel<<<combine, kCombineThreads, 0, stream>>>(chunk, split);
+      if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+    }
   }
   return cudaSuccess;
 }
 
+// Query vectors per block for a head_dim (Tile<D>::kQ of the D the launch picks).
+int QueriesPerBlock(int head_dim) {
+  const int dims_per_lane = (head_dim + kWarpSize - 1) / kWarpSize;
+  if (dims_per_lane <= 1) return Tile<1>::kQ;
+  if (dims_per_lane <= 2) return Tile<2>::kQ;
+  if (dims_per_lane <= 4) return Tile<4>::kQ;
+  if (dims_per_lane <= 8) return Tile<8>::kQ;
+  return Tile<16>::kQ;
+}
+
 }  // namespace
+
+AttentionSplit PlanAttentionSplit(const PagedAttentionArgs& args, int sm_count,
+                                  int32_t split_keys) {
+  AttentionSplit plan;
+  const PagedKvLayer& c = args.cache;
+  if (split_keys < 0 || c.n_kv_heads <= 0 || c.head_dim <= 0 || args.n_heads <= 0 ||
+      args.n_heads % c.n_kv_heads != 0 || args.num_sequences <= 0 || args.max_tokens <= 0 ||
+      args.max_context <= 1) {
+    return plan;
+  }
+  const int64_t group = args.n_heads / c.n_kv_heads;
+  const int64_t q_slots = args.max_tokens * group;
+  const int64_t kq = QueriesPerBlock(c.head_dim);
+  const int64_t chunk = args.num_sequences < kMaxGridYz ? args.num_sequences : kMaxGridYz;
+  const int64_t blocks = (q_slots + kq - 1) / kq * c.n_kv_heads * chunk;
+  int64_t keys = split_keys;
+  if (keys == 0) {
+    if (args.max_context < kMinSplitContext || blocks >= sm_count) return plan;
+    const int64_t want = (2 * static_cast<int64_t>(sm_count) + blocks - 1) / blocks;
+    keys = std::max(kMinSplitKeys, (args.max_context + want - 1) / want);
+  }
+  keys = std::max(keys, (args.max_context + kMaxSplits - 1) / kMaxSplits);
+  const int64_t splits = (args.max_context + keys - 1) / keys;
+  if (splits <= 1) return plan;
+  plan.num_splits = static_cast<int32_t>(splits);
+  plan.split_keys = static_cast<int32_t>(keys);
+  plan.partial_floats =
+      static_cast<int64_t>(args.num_sequences) * c.n_kv_heads * q_slots * splits * (c.head_dim + 2);
+  return plan;
+}
 
 cudaError_t LaunchPagedAttention(const PagedAttentionArgs& args, cudaStream_t stream) {
   const PagedKvLayer& c = args.cache;
@@ -334,6 +486,13 @@ cudaError_t LaunchPagedAttention(const PagedAttentionArgs& args, cudaStream_t st
       args.n_heads <= 0 || args.n_heads % c.n_kv_heads != 0 || args.num_sequences < 0 ||
       args.max_tokens < 0 || args.max_context < args.max_tokens ||
       args.max_context > std::numeric_limits<int32_t>::max()) {
+    return cudaErrorInvalidValue;
+  }
+  if (args.num_splits < 1 || args.num_splits > kMaxSplits ||
+      (args.num_splits > 1 &&
+       (args.partial == nullptr || args.split_keys < 1 ||
+        static_cast<int64_t>(args.num_splits) * args.split_keys < args.max_context ||
+        args.max_tokens * (args.n_heads / c.n_kv_heads) > 0x7fffffff))) {
     return cudaErrorInvalidValue;
   }
   if (args.num_sequences == 0 || args.max_tokens == 0) return cudaSuccess;

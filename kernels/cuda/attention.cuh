@@ -32,7 +32,24 @@ struct PagedAttentionArgs {
   int64_t max_context = 0;                // max context_len over the sequences (host-known)
   PagedKvLayer cache;                     // device, read
   float* out = nullptr;                   // (num_rows, n_heads, head_dim) f32 device, written
+  // Split-K (PlanAttentionSplit): each sequence's keys in chunks of split_keys, one block per
+  // chunk, partial results in `partial` (partial_floats, device scratch), merged by a second
+  // kernel. num_splits == 1: one pass, `partial` unused.
+  int32_t num_splits = 1;
+  int32_t split_keys = 0;
+  float* partial = nullptr;
 };
+
+// How to split the keys: for steps whose grid alone would leave most of the device idle (decode
+// at small batch) and contexts of at least 1,024 keys, enough splits of at least 256 keys to give
+// the device about two blocks per SM, at most 64. split_keys > 0 forces chunks of that many keys
+// (tests), < 0 forbids splitting; 0 decides as above.
+struct AttentionSplit {
+  int32_t num_splits = 1;
+  int32_t split_keys = 0;
+  int64_t partial_floats = 0;  // the scratch LaunchPagedAttention needs in args.partial
+};
+AttentionSplit PlanAttentionSplit(const PagedAttentionArgs& args, int sm_count, int32_t split_keys);
 
 // Rows not covered by a sequence are left untouched.
 cudaError_t LaunchPagedAttention(const PagedAttentionArgs& args, cudaStream_t stream);

@@ -62,6 +62,9 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOption
   }
   CMOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   CMOE_ASSIGN_OR_RETURN(std::string description, CudaDeviceDescription(options.device));
+  int sm_count = 0;
+  CMOE_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, options.device));
   cudaStream_t stream = nullptr;
   CMOE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cublasHandle_t cublas = nullptr;
@@ -76,18 +79,24 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOption
     cudaStreamDestroy(stream);
     return s;
   }
-  return std::make_unique<CudaBackend>(options.device,
-                                       absl::StrCat("cuda:", options.device, " ", description),
-                                       stream, cublas, grouped_gemm);
+  return std::make_unique<CudaBackend>(
+      options.device, absl::StrCat("cuda:", options.device, " ", description), stream, cublas,
+      CudaBackend::Tuning{
+          .grouped_gemm = grouped_gemm,
+          .attention_split_keys = options.attention_split_keys,
+          .sm_count = std::max(sm_count, 1),
+      });
 }
 
 CudaBackend::CudaBackend(int device, std::string name, cudaStream_t stream, cublasHandle_t cublas,
-                         GroupedGemmPath grouped_gemm)
+                         const Tuning& tuning)
     : device_(device),
       name_(std::move(name)),
       stream_(stream),
       cublas_(cublas),
-      grouped_gemm_(grouped_gemm) {}
+      grouped_gemm_(tuning.grouped_gemm),
+      attention_split_keys_(tuning.attention_split_keys),
+      sm_count_(tuning.sm_count) {}
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);

@@ -31,6 +31,9 @@ enum class GroupedGemmPath {
 struct CudaBackendOptions {
   int device = 0;  // CUDA device ordinal
   GroupedGemmPath grouped_gemm = GroupedGemmPath::kFromEnvironment;
+  // Split-K decode attention (attention.cuh PlanAttentionSplit): 0 decides per step, > 0 splits
+  // every context into chunks of this many keys (tests), < 0 never splits.
+  int32_t attention_split_keys = 0;
 };
 
 // Devices the driver sees; Unavailable (with the driver's reason) when there is no usable driver

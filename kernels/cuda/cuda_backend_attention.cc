@@ -85,7 +85,7 @@ absl::Status CudaBackend::Attention(const AttentionParams& params) {
                         UploadBytes(staged.bytes.data(), static_cast<int64_t>(staged.bytes.size()),
                                     Scratch::kTables));
   const auto* device_seqs = static_cast<const DeviceAttentionSequence*>(device);
-  const PagedAttentionArgs args{
+  PagedAttentionArgs args{
       .q = params.q,
       .num_rows = params.num_rows,
       .n_heads = params.n_heads,
@@ -98,6 +98,15 @@ absl::Status CudaBackend::Attention(const AttentionParams& params) {
       .cache = params.cache,
       .out = params.out,
   };
+  const AttentionSplit split = PlanAttentionSplit(args, sm_count_, attention_split_keys_);
+  if (split.num_splits > 1) {
+    CMOE_ASSIGN_OR_RETURN(void* partial,
+                          ScratchSpace(Scratch::kAttentionPartial,
+                                       split.partial_floats * static_cast<int64_t>(sizeof(float))));
+    args.num_splits = split.num_splits;
+    args.split_keys = split.split_keys;
+    args.partial = static_cast<float*>(partial);
+  }
   return Check(CMOE_CUDA_STATUS(LaunchPagedAttention(args, stream())));
 }
 

@@ -24,23 +24,30 @@ namespace cmoe::kernels::cuda {
 // several at once but never two calls' worth of the same one (ops are queued in order on one
 // stream, so reuse by the next op is safe).
 enum class Scratch : int {
-  kIds,        // Embedding: token ids
-  kPositions,  // Rope: positions
-  kSlots,      // KvWrite: cache slots
-  kTables,     // attention: sequences + block tables
-  kCastX,      // cuBLAS: x rounded to the weight dtype
-  kCastY,      // cuBLAS: y in the weight dtype before widening, when needed
-  kGather,     // GroupedMatMul: gathered rows
-  kGroupHost,  // device copies of grouped-GEMM pointer arrays
-  kSampling,   // SampleTokens: the rows' RowSampling
+  kIds,               // Embedding: token ids
+  kPositions,         // Rope: positions
+  kSlots,             // KvWrite: cache slots
+  kTables,            // attention: sequences + block tables
+  kCastX,             // cuBLAS: x rounded to the weight dtype
+  kCastY,             // cuBLAS: y in the weight dtype before widening, when needed
+  kGather,            // GroupedMatMul: gathered rows
+  kGroupHost,         // device copies of grouped-GEMM pointer arrays
+  kSampling,          // SampleTokens: the rows' RowSampling
+  kAttentionPartial,  // attention: split-K partial results
   kCount
 };
 
 class CudaBackend final : public Backend {
  public:
-  // Takes ownership of the stream and handle. `grouped_gemm` is kCublas or kTensorCore.
+  // What MakeCudaBackend settled: grouped_gemm is kCublas or kTensorCore.
+  struct Tuning {
+    GroupedGemmPath grouped_gemm = GroupedGemmPath::kCublas;
+    int32_t attention_split_keys = 0;  // CudaBackendOptions::attention_split_keys
+    int sm_count = 1;                  // the device's multiprocessors
+  };
+  // Takes ownership of the stream and handle.
   CudaBackend(int device, std::string name, cudaStream_t stream, cublasHandle_t cublas,
-              GroupedGemmPath grouped_gemm);
+              const Tuning& tuning);
   ~CudaBackend() override;
 
   std::string_view Name() const override { return name_; }
@@ -113,6 +120,8 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_;
   cublasHandle_t cublas_;
   GroupedGemmPath grouped_gemm_;
+  int32_t attention_split_keys_;
+  int sm_count_;
   absl::Status sticky_;
   std::array<Area, static_cast<int>(Scratch::kCount)> scratch_{};
   std::vector<void*> weights_;  // device copies made by UploadWeight

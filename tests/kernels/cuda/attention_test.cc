@@ -26,6 +26,8 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/reference_backend.h"
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/cuda_backend.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace cmoe::kernels::cuda::testing {
@@ -242,6 +244,65 @@ TEST(CudaAttention, LongContextsAndLargeGrids) {
     ExpectMatchesReference(*gpu, c, "long " + Describe(k.shape));
     if (HasFailure()) return;
   }
+}
+
+// Split-K forced on every context (CudaBackendOptions::attention_split_keys): chunks of 1 key
+// (capped to 64 splits), 7 keys and 64 keys, over decode rows, prefill chunks and a continued
+// chunk beside decode rows, so that splits holding no key of some queries of a block, splits past
+// a block's last query and the combine's per-query split count are all exercised.
+TEST(CudaAttention, SplitKeysMatchReference) {
+  CMOE_CUDA_BACKEND_OR_SKIP(probe);
+  std::mt19937 rng(909);
+  struct Case {
+    Shape shape;
+    int64_t num_rows;
+    std::vector<SeqSpec> specs;
+  };
+  const std::vector<Case> cases = {
+      {{8, 2, 64, 16}, 4, {{0, 1, 300}, {1, 1, 65}, {2, 1, 1}, {3, 1, 129}}},
+      {{8, 2, 64, 16}, 42, {{0, 40, 100}, {40, 1, 200}, {41, 1, 7}}},
+      {{16, 16, 128, 1}, 18, {{1, 16, 16}, {17, 1, 500}}},
+      {{32, 8, 40, 16}, 13, {{0, 12, 530}, {12, 1, 64}}},
+  };
+  for (const int32_t split_keys : {1, 7, 64}) {
+    absl::StatusOr<std::unique_ptr<Backend>> gpu =
+        MakeCudaBackend({.device = 0, .attention_split_keys = split_keys});
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    for (const Case& k : cases) {
+      HostCase c = MakeCase(k.shape, k.num_rows, k.specs, rng);
+      ExpectMatchesReference(**gpu, c, absl::StrCat("split ", split_keys, " ", Describe(k.shape)));
+      if (HasFailure()) return;
+    }
+  }
+}
+
+// The automatic plan: split decode steps whose grid leaves SMs idle, never short contexts, busy
+// grids or when told not to; at most 64 splits of at least 256 keys, covering the context.
+TEST(CudaAttention, SplitPlan) {
+  PagedAttentionArgs a;
+  a.n_heads = 32;
+  a.num_sequences = 1;
+  a.max_tokens = 1;
+  a.max_context = 8192;
+  a.cache = {.block_size = 16, .n_kv_heads = 32, .head_dim = 128};
+  AttentionSplit plan = PlanAttentionSplit(a, 132, 0);  // Llama-2-7B decode, batch 1, H100
+  EXPECT_EQ(plan.num_splits, 9);                        // 32 blocks -> about 2 per SM
+  EXPECT_EQ(plan.split_keys, 911);
+  EXPECT_EQ(plan.partial_floats, int64_t{32} * 9 * (128 + 2));
+  a.max_context = 1000;
+  EXPECT_EQ(PlanAttentionSplit(a, 132, 0).num_splits, 1);  // short context
+  a.max_context = 8192;
+  a.num_sequences = 8;
+  EXPECT_EQ(PlanAttentionSplit(a, 132, 0).num_splits, 1);  // 256 blocks fill the device
+  a.num_sequences = 1;
+  EXPECT_EQ(PlanAttentionSplit(a, 132, -1).num_splits, 1);  // never
+  a.max_context = 1 << 20;
+  plan = PlanAttentionSplit(a, 132, 0);
+  EXPECT_EQ(plan.num_splits, 9);
+  EXPECT_GE(int64_t{plan.num_splits} * plan.split_keys, a.max_context);
+  plan = PlanAttentionSplit(a, 132, 100);  // forced, but capped at 64 splits
+  EXPECT_EQ(plan.num_splits, 64);
+  EXPECT_EQ(plan.split_keys, (1 << 20) / 64);
 }
 
 // Scale 4 / sqrt(head_dim): scores spread ~2.7 with peaks near 10, so the running maximum moves
