@@ -565,7 +565,8 @@ main() {
   [[ -d $SHARED ]] || SHARED=$(cd "$SCRIPT_DIR/../.." && pwd)/shared
   export CMOE_SHARED_DIR=$SHARED
   local -a all_tests
-  mapfile -t all_tests < <(find "$BUNDLE/bin" -maxdepth 1 -name 'cuda_*_test' -type f | sort)
+  mapfile -t all_tests < <(find "$BUNDLE/bin" -maxdepth 1 -name 'cuda_*_test' \
+    ! -name 'cuda_emu_*' -type f | sort)
   TESTS=() E2E_TEST_BINS=()
   local t
   for t in "${all_tests[@]}"; do
