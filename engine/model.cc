@@ -1,5 +1,6 @@
 #include "engine/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -396,16 +397,46 @@ absl::Status Model::Begin(std::span<const SequenceChunk> chunks, KvCache& cache,
                                     0);
   }
   if (device_ != nullptr) CMOE_RETURN_IF_ERROR(DeviceBeginStep(chunks));
-  return backend_->Embedding(weights().embed, tokens_, x_.as<float>());
+  return absl::OkStatus();
+}
+
+bool Model::IsGraphStep(std::span<const SequenceChunk> chunks) const {
+  if (device_ == nullptr || rows_ > graph_row_limit_) return false;
+  return std::all_of(chunks.begin(), chunks.end(),
+                     [](const SequenceChunk& c) { return c.tokens.size() == 1; });
+}
+
+absl::Status Model::Layers(std::span<const SequenceChunk> chunks, KvCache& cache, bool graph) {
+  kernels::Backend& b = *backend_;
+  if (graph) CMOE_RETURN_IF_ERROR(b.BeginGraph());
+  absl::Status status = b.Embedding(weights().embed, tokens_, x_.as<float>());
+  for (int64_t layer = 0; status.ok() && layer < config().num_hidden_layers; ++layer) {
+    status = AttentionBlock(layer, cache);
+    if (status.ok()) status = FfnBlock(layer, chunks);
+  }
+  if (!graph) return status;
+  if (!status.ok()) {
+    b.CancelGraph();
+    return status;
+  }
+  return b.EndGraph();
 }
 
 absl::Status Model::Forward(std::span<const SequenceChunk> chunks, KvCache& cache,
                             ForwardOutput& out) {
-  CMOE_RETURN_IF_ERROR(Begin(chunks, cache, /*dense_ffn=*/!config().cmoe.has_value()));
-  for (int64_t layer = 0; layer < config().num_hidden_layers; ++layer) {
-    CMOE_RETURN_IF_ERROR(AttentionBlock(layer, cache));
-    CMOE_RETURN_IF_ERROR(FfnBlock(layer, chunks));
+  const bool dense = !config().cmoe.has_value();
+  CMOE_RETURN_IF_ERROR(Begin(chunks, cache, dense));
+  const bool graph = IsGraphStep(chunks);
+  absl::Status status = Layers(chunks, cache, graph);
+  if (graph && kernels::IsNotInGraph(status)) {
+    // An op of this step must wait for the device (a decode batch large enough for the cuBLAS
+    // grouped GEMM): nothing recorded ran, so the step runs again op by op, as does every decode
+    // step this large from now on.
+    graph_row_limit_ = rows_ - 1;
+    CMOE_RETURN_IF_ERROR(Begin(chunks, cache, dense));  // the FFN counters start again
+    status = Layers(chunks, cache, /*graph=*/false);
   }
+  CMOE_RETURN_IF_ERROR(status);
   CMOE_RETURN_IF_ERROR(LmHead(chunks, out));
   return device_ != nullptr ? DeviceFinishStep() : absl::OkStatus();
 }
@@ -417,6 +448,7 @@ absl::Status Model::ForwardWithFfn(std::span<const SequenceChunk> chunks, KvCach
         "ForwardWithFfn (carving calibration) runs on a CPU backend, not on a device");
   }
   CMOE_RETURN_IF_ERROR(Begin(chunks, cache, /*dense_ffn=*/false));
+  CMOE_RETURN_IF_ERROR(backend_->Embedding(weights().embed, tokens_, x_.as<float>()));
   const ModelConfig& c = config();
   const int64_t n = rows_ * c.hidden_size;
   for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {

@@ -16,13 +16,15 @@
 // made with KvCacheOptions::memory = &backend()), and the FFNs run the fused device path of
 // kernels/moe_ops.h: routing, dispatch and the experts' grouped matmuls without host round
 // trips. Only the logits (or, for chunks sampled in the model, the token ids) and the step's
-// per-expert counts come back. ForwardWithFfn (carving) is
-// host-only.
+// per-expert counts come back. Decode steps (one token per sequence) run their embedding and
+// layers as one step graph (Backend::BeginGraph; CUDA graphs), falling back to op-by-op for
+// batches too large for the device-side grouped GEMV. ForwardWithFfn (carving) is host-only.
 #ifndef CMOE_ENGINE_MODEL_H_
 #define CMOE_ENGINE_MODEL_H_
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <span>
 #include <vector>
@@ -130,7 +132,13 @@ class Model {
   absl::Status AttentionBlock(int64_t layer, KvCache& cache);
   absl::Status FfnBlock(int64_t layer, std::span<const SequenceChunk> chunks);
   absl::Status MoeFfn(int64_t layer, std::span<const SequenceChunk> chunks);
+  // Validates and plans the step, sizes the workspace and zeroes the step's statistics.
   absl::Status Begin(std::span<const SequenceChunk> chunks, KvCache& cache, bool dense_ffn);
+  // Decode steps (one token per chunk) on a device backend, up to graph_row_limit_ rows, run
+  // their layers as one step graph (kernels::Backend::BeginGraph).
+  bool IsGraphStep(std::span<const SequenceChunk> chunks) const;
+  // The embedding and every layer, recorded as one step graph when `graph`.
+  absl::Status Layers(std::span<const SequenceChunk> chunks, KvCache& cache, bool graph);
   absl::Status LmHead(std::span<const SequenceChunk> chunks, ForwardOutput& out);
   absl::Status Resize(int64_t rows, bool dense_ffn);
   // engine/model_device.cc: the FFN of a device backend, and the step's counts brought back.
@@ -166,6 +174,9 @@ class Model {
   MoeStepStats moe_stats_;
   FfnStepStats stats_;
   std::unique_ptr<DeviceState> device_;  // device backends only
+  // Decode steps with more rows than this run op by op: lowered to one less than the rows of a
+  // step that had an op unable to run inside a graph.
+  int64_t graph_row_limit_ = std::numeric_limits<int64_t>::max();
 };
 
 }  // namespace cmoe::engine

@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/sample_row.h"
 
@@ -15,6 +16,7 @@ namespace cmoe::kernels {
 namespace {
 
 constexpr int64_t kHostAlignment = 64;
+constexpr char kNotInGraphPayload[] = "type.cmoe/backend.not-in-graph";
 
 void FreeHost(void* /*context*/, void* data) { std::free(data); }
 
@@ -38,6 +40,17 @@ absl::Status ValidateTopK(const char* op, int64_t num_tokens, int32_t k, int32_t
 }
 
 }  // namespace
+
+absl::Status NotInGraphError(std::string_view op) {
+  absl::Status status = absl::FailedPreconditionError(
+      absl::StrCat(std::string(op), " waits for the device and cannot run inside a step graph"));
+  status.SetPayload(kNotInGraphPayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsNotInGraph(const absl::Status& status) {
+  return status.GetPayload(kNotInGraphPayload).has_value();
+}
 
 absl::StatusOr<Buffer> Backend::Allocate(int64_t bytes) {
   if (bytes < 0) return absl::InvalidArgumentError(absl::StrCat("Allocate: ", bytes, " bytes"));

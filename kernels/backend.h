@@ -73,6 +73,34 @@ class Backend {
   // OK, or the sticky device error that fails every call from now on.
   virtual absl::Status Health() const { return absl::OkStatus(); }
 
+  // --- Step graphs. ---
+  // Between BeginGraph and EndGraph a device backend may record the ops it is called for instead
+  // of queueing them one by one, and queue the recording as one graph at EndGraph (CUDA graphs:
+  // one launch for the step's hundreds of kernels, no gaps between them). Everything else stays
+  // as documented: host operands (ids, positions, block tables, sampling parameters) are read
+  // during the call and may be reused at once, errors are returned by the call that causes them,
+  // and the ops run in call order after everything queued before BeginGraph. Nothing recorded
+  // runs before EndGraph returns OK.
+  // - An op that would have to wait for the device inside a recording (CopyToHost, Synchronize,
+  //   the cuBLAS grouped GEMM that reads its group sizes) returns an error for which
+  //   IsNotInGraph() is true; the caller then calls CancelGraph and runs the ops again without a
+  //   graph (nothing recorded has run, so repeating them is safe).
+  // - After any error between BeginGraph and EndGraph, call CancelGraph before other calls.
+  // The defaults (host backends, and device backends with graphs turned off) run every op as it
+  // is called; EndGraph and CancelGraph then do nothing.
+  virtual absl::Status BeginGraph() { return absl::OkStatus(); }
+  virtual absl::Status EndGraph() { return absl::OkStatus(); }
+  // Drops what was recorded since BeginGraph (nothing of it runs). Safe to call at any time.
+  virtual void CancelGraph() {}
+  // What the backend did with step graphs since it was made.
+  struct GraphStats {
+    int64_t launched = 0;      // graphs queued by EndGraph
+    int64_t instantiated = 0;  // of those, built from scratch (a new shape of step)
+    int64_t updated = 0;       // of those, an earlier graph with new arguments (cheap)
+    int64_t cancelled = 0;     // recordings dropped by CancelGraph
+  };
+  virtual GraphStats graph_stats() const { return {}; }
+
   // out[t, :] = table[ids[t], :] widened to float. table: (vocab, dim); out: (T, dim).
   // An id outside [0, vocab) is InvalidArgument.
   virtual absl::Status Embedding(const WeightView& table, std::span<const int32_t> ids,
@@ -132,6 +160,12 @@ class Backend {
   // host. Every backend makes the same decisions (kernels/sample_row.h).
   virtual absl::Status SampleTokens(const SampleTokensParams& params) = 0;
 };
+
+// The error of an op that cannot run inside a step graph (see Backend::BeginGraph):
+// FailedPrecondition "<op> waits for the device and cannot run inside a step graph", marked so
+// that IsNotInGraph() recognises it.
+absl::Status NotInGraphError(std::string_view op);
+bool IsNotInGraph(const absl::Status& status);
 
 // Validation shared by every backend's MoE primitives: non-null operands where T > 0, k in
 // [1, E], T * k < 2^31, grouped weight shapes (x width = w.cols). Names the op and the operand.

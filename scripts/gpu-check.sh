@@ -48,6 +48,8 @@
 #              three models (3 x 12.6 GiB) fit an 80 GB H100), one JSON line per batch; the
 #              bandwidth it compares with is the GPU's device-to-device copy bandwidth (bytes read
 #              + written) measured in the same run
+#              then the dense model alone at batches 1, 8, 32 with CMOE_CUDA_GRAPHS=off (decode
+#              steps op by op instead of one CUDA graph each), for the graphs' speed-up
 #   prefill    cmoe-bench prefill --device cuda:0 --tokens 2048, dense --compare S2A2E16,S3A3E8
 #   cleanup    the checkpoints are deleted (also when the script is interrupted)
 #   summary    the e2e figures and the GPU targets of docs/performance.md: S2A2E16 >= 1.7x dense at
@@ -495,6 +497,10 @@ run_e2e() {
     json_step decode cmoe-bench-decode "$E2E_CAP_DECODE" "$e/decode.log" "$e/decode.jsonl" \
       "$BIN/cmoe-bench" decode --device cuda:0 "${common[@]}" --batch 1,8,32,128,256 \
       --prompt 8 --tokens 16 --json
+    # The same dense decode op by op (CUDA graphs off): what the step graphs are worth.
+    json_step decode cmoe-bench-decode-no-graphs 45 "$e/decode_no_graphs.log" \
+      "$e/decode_no_graphs.jsonl" env CMOE_CUDA_GRAPHS=off "$BIN/cmoe-bench" decode \
+      --device cuda:0 --model "$WORK/dense" --batch 1,8,32 --prompt 8 --tokens 16 --json
   else
     json_step decode cmoe-bench-decode-cpu-smoke 60 "$e/decode.log" "$e/decode.jsonl" \
       "$BIN/cmoe-bench" decode --device cpu --threads 2 "${common[@]}" --batch 1,8,32,128,256 \

@@ -335,6 +335,18 @@ def e2e_section(detail, steps, gpu_name, failures, notes, summary):
                         f"{m.get('experts_touched_per_layer', 0):>4.1f}/{m.get('routed_experts', 0):<2}"
                         if m else f" | {'-':>14} {'-':>7} {'-':>7}")
             lines.append(row)
+    eager, _ = read_decode(os.path.join(e, "decode_no_graphs.jsonl"))
+    graph_rows = []
+    for b in sorted(eager):
+        on, off = runs.get(b, {}).get("dense"), eager[b].get("dense")
+        if on and off and off["median_tokens_per_second"] > 0:
+            ratio = on["median_tokens_per_second"] / off["median_tokens_per_second"]
+            graph_rows.append(f"batch {b}: {on['median_tokens_per_second']:.1f} vs "
+                              f"{off['median_tokens_per_second']:.1f} tok/s ({ratio:.2f}x)")
+    summary["e2e"]["decode_no_graphs"] = {str(b): r for b, r in eager.items()}
+    if graph_rows:
+        lines.append("CUDA graphs, dense decode with vs without (CMOE_CUDA_GRAPHS=off, a second "
+                     "run): " + "; ".join(graph_rows))
     if prefill is None:
         lines.append("Prefill: no results")
         if any(s["phase"] == "prefill" for s in steps):

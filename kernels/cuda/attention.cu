@@ -304,7 +304,8 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize)
   const int split_index = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.num_splits));
   b.first_q = static_cast<int64_t>(blockIdx.x / static_cast<unsigned>(a.num_splits)) * kQ;
   const int64_t total_q = seq.num_tokens * b.group;
-  if (b.first_q >= total_q) return;  // block-uniform: before any barrier
+  // Block-uniform, before any barrier: past the sequence's queries, or the tile kernel's.
+  if (b.first_q >= total_q || (a.tile_min_queries > 0 && total_q >= a.tile_min_queries)) return;
   b.nq = static_cast<int>(total_q - b.first_q < kQ ? total_q - b.first_q : kQ);
   b.first_pos = seq.context_len - seq.num_tokens;
   const int kv_head = static_cast<int>(blockIdx.y);
@@ -361,7 +362,9 @@ __global__ void __launch_bounds__(kCombineThreads)
   const DeviceAttentionSequence seq = a.sequences[blockIdx.z];
   const int group = a.n_heads / a.cache.n_kv_heads;
   const int64_t q = blockIdx.x;
-  if (q >= seq.num_tokens * group) return;  // block-uniform: before the barrier
+  const int64_t total_q = seq.num_tokens * group;
+  // Block-uniform, before the barrier: past the sequence's queries, or the tile kernel's.
+  if (q >= total_q || (a.tile_min_queries > 0 && total_q >= a.tile_min_queries)) return;
   const int kv_head = static_cast<int>(blockIdx.y);
   const int64_t pos = seq.context_len - seq.num_tokens + q / group;
   const int used = static_cast<int>(pos / a.split_keys) + 1;

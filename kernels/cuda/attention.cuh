@@ -38,6 +38,9 @@ struct PagedAttentionArgs {
   int32_t num_splits = 1;
   int32_t split_keys = 0;
   float* partial = nullptr;
+  // > 0: sequences with num_tokens * (n_heads / n_kv_heads) >= this many query vectors are left
+  // to the tensor-core kernel (attention_tile.cuh) and skipped here.
+  int64_t tile_min_queries = 0;
 };
 
 // How to split the keys: for steps whose grid alone would leave most of the device idle (decode

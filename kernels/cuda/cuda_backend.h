@@ -3,7 +3,9 @@
 // F32) and read in it with f32 accumulation. Skinny matmuls (decode) run our own GEMV kernels
 // that read each weight once; larger ones cuBLAS (cublasGemmEx) with the activations rounded to
 // the weight dtype. The MoE primitives run on the device without host round trips in decode.
-// Ops are queued on the backend's stream in call order; CopyToHost and Synchronize wait.
+// Ops are queued on the backend's stream in call order; CopyToHost and Synchronize wait. What the
+// engine calls between BeginGraph and EndGraph (its decode steps) is recorded into a CUDA graph
+// and launched once (cuda_backend_graph.cc).
 //
 //   CMOE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> gpu, MakeCudaBackend({.device = 0}));
 //
@@ -28,9 +30,26 @@ enum class GroupedGemmPath {
                      // weights; F32 weights take cuBLAS)
 };
 
+// Whether Backend::BeginGraph..EndGraph (the engine's decode steps) run as CUDA graphs.
+enum class GraphMode {
+  kFromEnvironment,  // CMOE_CUDA_GRAPHS: "on" (also when unset) or "off"
+  kOn,
+  kOff,  // every op is queued as it is called
+};
+
+// How Attention runs prefill chunks (sequences with >= 64 query vectors: rows x query heads per kv
+// head) when head_dim is 16, 32, 64 or 128; decode rows always take the flash-decoding kernel.
+enum class PrefillAttention {
+  kFromEnvironment,  // CMOE_CUDA_PREFILL_ATTENTION: "tensor-core" (also when unset), "cuda-core"
+  kTensorCores,      // attention_tile.cu: 64 x 64 tiles, BF16 Q/K/V/P, f32 softmax and sums
+  kCudaCores,        // attention.cu: f32 throughout
+};
+
 struct CudaBackendOptions {
   int device = 0;  // CUDA device ordinal
   GroupedGemmPath grouped_gemm = GroupedGemmPath::kFromEnvironment;
+  GraphMode graphs = GraphMode::kFromEnvironment;
+  PrefillAttention prefill_attention = PrefillAttention::kFromEnvironment;
   // Split-K decode attention (attention.cuh PlanAttentionSplit): 0 decides per step, > 0 splits
   // every context into chunks of this many keys (tests), < 0 never splits.
   int32_t attention_split_keys = 0;
@@ -43,8 +62,9 @@ absl::StatusOr<int> CudaDeviceCount();
 // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" for device `device`.
 absl::StatusOr<std::string> CudaDeviceDescription(int device);
 
-// Unavailable without a usable device; InvalidArgument for an ordinal outside [0, count) or a
-// CMOE_CUDA_GROUPED_GEMM other than "cublas" or "tensor-core".
+// Unavailable without a usable device; InvalidArgument for an ordinal outside [0, count) or an
+// environment setting (CMOE_CUDA_GROUPED_GEMM, CMOE_CUDA_GRAPHS, CMOE_CUDA_PREFILL_ATTENTION)
+// other than those listed above.
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOptions& options);
 
 }  // namespace cmoe::kernels::cuda

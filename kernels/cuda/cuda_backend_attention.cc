@@ -1,5 +1,6 @@
 // CudaBackend::Attention: validates on the host, stages the sequences and their block tables in one
-// upload, and launches the paged attention kernel (kernels/cuda/attention.cu).
+// upload, and launches the tensor-core tile kernel (kernels/cuda/attention_tile.cu) for prefill
+// chunks and the flash-decoding kernel (kernels/cuda/attention.cu) for the other sequences.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/cuda_backend_impl.h"
 #include "kernels/cuda/cuda_status.h"
 
@@ -24,9 +26,15 @@ struct Staged {
   std::vector<unsigned char> bytes;
   int64_t max_tokens = 0;
   int64_t max_context = 0;
+  // Over the sequences below min_tile_queries query vectors (the flash-decoding kernel's share
+  // when the tile kernel takes the others).
+  int64_t short_max_tokens = 0;
+  int64_t short_max_context = 0;
+  bool any_long = false;  // some sequence has >= min_tile_queries query vectors
 };
 
-Staged StageSequences(const AttentionParams& p) {
+Staged StageSequences(const AttentionParams& p, int64_t min_tile_queries) {
+  const int64_t group = p.n_heads / p.cache.n_kv_heads;
   const int32_t block_size = p.cache.block_size;
   std::vector<DeviceAttentionSequence> seqs;
   std::vector<int32_t> tables;
@@ -41,6 +49,12 @@ Staged StageSequences(const AttentionParams& p) {
     tables.insert(tables.end(), s.block_table.begin(), s.block_table.begin() + blocks);
     staged.max_tokens = std::max(staged.max_tokens, s.num_tokens);
     staged.max_context = std::max(staged.max_context, s.context_len);
+    if (s.num_tokens * group >= min_tile_queries) {
+      staged.any_long = true;
+    } else {
+      staged.short_max_tokens = std::max(staged.short_max_tokens, s.num_tokens);
+      staged.short_max_context = std::max(staged.short_max_context, s.context_len);
+    }
   }
   const size_t seq_bytes = seqs.size() * sizeof(DeviceAttentionSequence);
   staged.bytes.resize(seq_bytes + tables.size() * sizeof(int32_t));
@@ -79,7 +93,15 @@ absl::Status CudaBackend::Attention(const AttentionParams& params) {
   CMOE_RETURN_IF_ERROR(ValidateAttention(params));
   CMOE_RETURN_IF_ERROR(CheckKernelLimits(params));
   if (params.sequences.empty()) return absl::OkStatus();
-  const Staged staged = StageSequences(params);
+  // Prefill chunks on the tensor cores (BF16 inputs), when asked for and the shape allows: the
+  // tile kernel reads the cache with 16-byte loads.
+  const bool tile = prefill_attention_ == PrefillAttention::kTensorCores &&
+                    TileAttentionSupports(params.cache.head_dim) &&
+                    reinterpret_cast<uintptr_t>(params.cache.k) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(params.cache.v) % 16 == 0;
+  const int64_t min_tile_queries =
+      tile ? kTileAttentionMinQueries : std::numeric_limits<int64_t>::max();
+  const Staged staged = StageSequences(params, min_tile_queries);
   if (staged.max_tokens == 0) return absl::OkStatus();  // no query rows: nothing to write
   CMOE_ASSIGN_OR_RETURN(void* device,
                         UploadBytes(staged.bytes.data(), static_cast<int64_t>(staged.bytes.size()),
@@ -98,6 +120,15 @@ absl::Status CudaBackend::Attention(const AttentionParams& params) {
       .cache = params.cache,
       .out = params.out,
   };
+  if (staged.any_long) {
+    CMOE_RETURN_IF_ERROR(
+        Check(CMOE_CUDA_STATUS(LaunchTileAttention(args, kTileAttentionMinQueries, stream()))));
+    if (staged.short_max_tokens == 0) return absl::OkStatus();
+    // The decode rows beside them: the flash-decoding kernel over its own shapes only.
+    args.tile_min_queries = kTileAttentionMinQueries;
+    args.max_tokens = staged.short_max_tokens;
+    args.max_context = staged.short_max_context;
+  }
   const AttentionSplit split = PlanAttentionSplit(args, sm_count_, attention_split_keys_);
   if (split.num_splits > 1) {
     CMOE_ASSIGN_OR_RETURN(void* partial,

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/pinned_staging.h"
 
 namespace cmoe::kernels::cuda {
 
@@ -31,7 +33,6 @@ enum class Scratch : int {
   kCastX,             // cuBLAS: x rounded to the weight dtype
   kCastY,             // cuBLAS: y in the weight dtype before widening, when needed
   kGather,            // GroupedMatMul: gathered rows
-  kGroupHost,         // device copies of grouped-GEMM pointer arrays
   kSampling,          // SampleTokens: the rows' RowSampling
   kAttentionPartial,  // attention: split-K partial results
   kCount
@@ -39,15 +40,21 @@ enum class Scratch : int {
 
 class CudaBackend final : public Backend {
  public:
-  // What MakeCudaBackend settled: grouped_gemm is kCublas or kTensorCore.
+  // What MakeCudaBackend settled (nothing kFromEnvironment).
   struct Tuning {
     GroupedGemmPath grouped_gemm = GroupedGemmPath::kCublas;
     int32_t attention_split_keys = 0;  // CudaBackendOptions::attention_split_keys
     int sm_count = 1;                  // the device's multiprocessors
+    bool graphs = true;                // record BeginGraph..EndGraph into CUDA graphs
+    PrefillAttention prefill_attention = PrefillAttention::kTensorCores;
   };
-  // Takes ownership of the stream and handle.
-  CudaBackend(int device, std::string name, cudaStream_t stream, cublasHandle_t cublas,
-              const Tuning& tuning);
+  // The CUDA objects the backend owns from construction on.
+  struct Handles {
+    cudaStream_t stream = nullptr;
+    cublasHandle_t cublas = nullptr;
+    void* cublas_workspace = nullptr;  // cudaMalloc'd, set on `cublas` with cublasSetWorkspace
+  };
+  CudaBackend(int device, std::string name, const Handles& handles, const Tuning& tuning);
   ~CudaBackend() override;
 
   std::string_view Name() const override { return name_; }
@@ -58,6 +65,11 @@ class CudaBackend final : public Backend {
   absl::StatusOr<WeightView> UploadWeight(const WeightView& host) override;
   absl::Status Synchronize() override;
   absl::Status Health() const override { return sticky_; }
+  // cuda_backend_graph.cc
+  absl::Status BeginGraph() override;
+  absl::Status EndGraph() override;
+  void CancelGraph() override;
+  GraphStats graph_stats() const override { return graph_stats_; }
 
   // cuda_backend_ops.cc
   absl::Status Embedding(const WeightView& table, std::span<const int32_t> ids,
@@ -101,12 +113,18 @@ class CudaBackend final : public Backend {
   absl::StatusOr<void*> ScratchSpace(Scratch which, int64_t bytes);
   // Copies a host int32 span to scratch `which` and returns the device pointer (null for an empty
   // span). The host span may be reused at once: an asynchronous copy from pageable memory
-  // returns after the driver has staged it. The step's metadata (positions, slots, block tables)
+  // returns after the driver has staged it, and while a graph is recorded the bytes are staged
+  // in pinned memory first (HostToDevice). The step's metadata (positions, slots, block tables)
   // is the same for every layer: when the bytes equal the last upload to `which`, no copy is
   // made and the device copy is reused (one upload per kind per step, not per layer).
   absl::StatusOr<const int32_t*> UploadInts(std::span<const int32_t> host, Scratch which);
   // As UploadInts for raw bytes.
   absl::StatusOr<void*> UploadBytes(const void* host, int64_t bytes, Scratch which);
+  // Queues dst (device) <- src (host), `bytes` > 0, on the stream; src may be reused at once.
+  absl::Status HostToDevice(void* dst, const void* src, int64_t bytes);
+  // Whether BeginGraph..EndGraph is recording now: ops that would wait for the device return
+  // NotInGraphError instead.
+  bool recording() const { return recording_; }
 
  private:
   struct Area {
@@ -115,16 +133,34 @@ class CudaBackend final : public Backend {
     std::vector<char> uploaded;  // host bytes of the last UploadBytes into this area
   };
 
+  // Forgets every area's last upload (the copies recorded for them will not run).
+  void ForgetUploads();
+  // Frees the scratch areas ScratchSpace replaced, once the stream is idle.
+  void FreeRetired();
+
   int device_;
   std::string name_;
   cudaStream_t stream_;
   cublasHandle_t cublas_;
+  void* cublas_workspace_;
   GroupedGemmPath grouped_gemm_;
   int32_t attention_split_keys_;
   int sm_count_;
+  bool graphs_;
+  PrefillAttention prefill_attention_;
   absl::Status sticky_;
   std::array<Area, static_cast<int>(Scratch::kCount)> scratch_{};
+  // Areas ScratchSpace outgrew: recorded or queued work may still read them; freed by
+  // Synchronize (cudaFree would wait for the device, and cannot be called while recording).
+  std::vector<void*> retired_;
   std::vector<void*> weights_;  // device copies made by UploadWeight
+  // Step graphs (cuda_backend_graph.cc).
+  bool recording_ = false;
+  PinnedStaging staging_;
+  // Instantiated graphs by node count: a new recording with the same count is tried as an
+  // update of that graph first (the same step shape: only arguments changed).
+  std::map<size_t, cudaGraphExec_t> execs_;
+  GraphStats graph_stats_;
 };
 
 }  // namespace cmoe::kernels::cuda

@@ -1,7 +1,8 @@
 // CudaBackend's MoE primitives (kernels/moe_ops.h): validation, the kernel launches, and the
 // prefill path of GroupedMatMul on cuBLAS (cublas_gemm.h). Everything is queued on the backend's
-// stream; only the prefill GroupedMatMul on cuBLAS waits for the device (to read the group
-// offsets); the tensor-core path (CudaBackendOptions::grouped_gemm) does not.
+// stream; only the prefill GroupedMatMul on cuBLAS over several groups waits for the device (to
+// read the group offsets), so it cannot be part of a step graph; one group (the LM head) and the
+// tensor-core path (CudaBackendOptions::grouped_gemm) do not wait.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -84,9 +85,16 @@ absl::StatusOr<const void*> PrepareGemmInput(CudaBackend& backend, const Grouped
 absl::Status GroupedGemm(CudaBackend& backend, const GroupedMatMulParams& p) {
   const int32_t groups = p.w.groups;
   std::vector<int32_t> offsets(static_cast<size_t>(groups) + 1);
-  CMOE_RETURN_IF_ERROR(backend.CopyToHost(offsets.data(), p.offsets,
-                                          static_cast<int64_t>(offsets.size() * sizeof(int32_t))));
-  CMOE_RETURN_IF_ERROR(CheckOffsets(offsets, p.num_rows));
+  if (groups == 1) {
+    // Offsets run from 0 to num_rows by contract: one group holds every row, nothing to read
+    // (the LM head of a decode step over 8 rows, which would otherwise wait for the device).
+    offsets = {0, static_cast<int32_t>(p.num_rows)};
+  } else {
+    if (backend.recording()) return NotInGraphError("GroupedMatMul on cuBLAS (group sizes)");
+    CMOE_RETURN_IF_ERROR(backend.CopyToHost(
+        offsets.data(), p.offsets, static_cast<int64_t>(offsets.size() * sizeof(int32_t))));
+    CMOE_RETURN_IF_ERROR(CheckOffsets(offsets, p.num_rows));
+  }
   CMOE_ASSIGN_OR_RETURN(const void* x, PrepareGemmInput(backend, p));
   const int64_t element = static_cast<int64_t>(DTypeSize(p.w.dtype));
   for (int32_t e = 0; e < groups; ++e) {

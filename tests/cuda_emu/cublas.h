@@ -1,7 +1,8 @@
 // The part of cuBLAS the CUDA backend uses, for the CPU emulation of CUDA
-// (tests/cuda_emu/cuda_emu.h): handles, streams, math mode, status strings and cublasGemmEx
-// (column-major, f32 / f16 / bf16 inputs, f32 output, f32 compute), computed by a plain loop in
-// f32 on the calling thread. Argument checks follow cuBLAS (CUBLAS_STATUS_INVALID_VALUE).
+// (tests/cuda_emu/cuda_emu.h): handles, streams, math mode, workspaces, status strings and
+// cublasGemmEx (column-major, f32 / f16 / bf16 inputs, f32 output, f32 compute), computed by a
+// plain loop in f32 on the calling thread, or recorded as a graph node while the handle's stream
+// captures. Argument checks follow cuBLAS (CUBLAS_STATUS_INVALID_VALUE).
 #ifndef CMOE_TESTS_CUDA_EMU_CUBLAS_H_
 #define CMOE_TESTS_CUDA_EMU_CUBLAS_H_
 
@@ -52,6 +53,9 @@ cublasStatus_t cublasCreate(cublasHandle_t* handle);
 cublasStatus_t cublasDestroy(cublasHandle_t handle);
 cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream);
 cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode);
+// The workspace cublasGemmEx uses (device memory, 256-byte aligned); null with 0 bytes: cuBLAS's
+// own, which dies with the handle.
+cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void* workspace, size_t bytes);
 const char* cublasGetStatusString(cublasStatus_t status);
 const char* cublasGetStatusName(cublasStatus_t status);
 cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,

@@ -17,13 +17,43 @@
 // - deadlocks: a barrier or warp-level op some live threads never reach;
 // - warp-level ops whose mask names an exited lane or that lanes call with different masks;
 // - misaligned vector loads through __ldg / __ldcs and misaligned WMMA pointers;
-// - device memory freshly allocated holds 0xff bytes (NaN as floats) and dynamic shared memory
-//   0xcd, so reading what was never written shows in results.
+// - device memory freshly allocated holds 0xff bytes (NaN as floats), as does pinned host memory
+//   (cudaHostAlloc), and dynamic shared memory 0xcd, so reading what was never written shows.
 // Out-of-bounds accesses are not checked here; build with -fsanitize=address for that.
 //
+// Stream capture and CUDA graphs (runtime.cc): while a stream created by cudaStreamCreate* captures
+// (cudaStreamBeginCapture, any mode), kernel launches, cudaMemcpyAsync, cudaMemsetAsync and
+// cublasGemmEx on it are recorded as nodes of a chain, not run: a kernel node keeps its launch
+// configuration and its parameters by value, a cuBLAS node (a kernel node for cudaGraphExecUpdate)
+// its arguments and alpha / beta values, a memcpy node its pointers (the host side is read when
+// the graph runs). cudaGraphInstantiate copies the nodes; cudaGraphExecUpdate takes a graph of the
+// same node count and types in order (else cudaErrorGraphExecUpdateFailure, the exec unchanged);
+// cudaGraphLaunch runs the nodes in order on the calling thread, kernels as direct launches do.
+// Checked, as CUDA does, each with CUDA's error code, and invalidating the capture concerned
+// (cudaStreamEndCapture then returns cudaErrorStreamCaptureInvalidated and no graph):
+// - a captured cudaMemcpyAsync whose host side is pageable (not cudaHostAlloc / cudaMallocHost);
+// - cudaStreamSynchronize / cudaStreamQuery on a capturing stream, cudaDeviceSynchronize,
+//   cudaFree or cudaFreeHost while any stream captures;
+// - cudaMalloc / cudaHostAlloc while a Global-mode capture (any thread) or a ThreadLocal one of
+//   this thread is active; synchronous cudaMemcpy / cudaMemset while such a capture or any
+//   capture of this thread is active (stricter than CUDA in Relaxed mode: the copy would run now,
+//   not at replay);
+// - work on the legacy stream while a blocking (cudaStreamDefault) stream captures
+//   (cudaErrorStreamCaptureImplicit); a failing launch or copy on a capturing stream;
+// - not emulated, so refused on a capturing stream with a message: cudaMallocAsync / cudaFreeAsync
+//   (graph memory nodes), cudaEventRecord (event nodes, cross-stream capture), cudaGraphLaunch
+//   (child graphs).
+// At replay, copy, memset and cuBLAS nodes check that their memory is still allocated (device
+// memory, pinned memory, a cuBLAS workspace or the handle owning the default one): a node whose
+// memory was freed since the capture fails the launch with a sticky cudaErrorIllegalAddress and a
+// message; a kernel fault names the original launch site. cudaDeviceReset ends every capture and
+// destroys every graph.
+//
 // What it does not model: concurrency between blocks or streams (everything is ordered), the
-// memory model (no data race can show), performance, and warp-level ops reached by only some
-// lanes of a warp (every live lane of a warp must reach each one, as all our kernels do).
+// memory model (no data race can show), performance, warp-level ops reached by only some lanes of
+// a warp (every live lane of a warp must reach each one, as all our kernels do), graphs other than
+// single-stream chains, and cudaThreadExchangeStreamCaptureMode (every thread is in the default
+// Global interaction mode).
 #ifndef CMOE_TESTS_CUDA_EMU_CUDA_EMU_H_
 #define CMOE_TESTS_CUDA_EMU_CUDA_EMU_H_
 
@@ -101,6 +131,7 @@ enum cudaError {
   cudaErrorECCUncorrectable = 214,
   cudaErrorUnsupportedPtxVersion = 222,
   cudaErrorInvalidResourceHandle = 400,
+  cudaErrorIllegalState = 401,
   cudaErrorNotReady = 600,
   cudaErrorIllegalAddress = 700,
   cudaErrorLaunchOutOfResources = 701,
@@ -115,6 +146,11 @@ enum cudaError {
   cudaErrorLaunchFailure = 719,
   cudaErrorSystemDriverMismatch = 803,
   cudaErrorCompatNotSupportedOnDevice = 805,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureImplicit = 906,
+  cudaErrorStreamCaptureWrongThread = 908,
+  cudaErrorGraphExecUpdateFailure = 910,
 };
 using cudaError_t = cudaError;
 
@@ -124,6 +160,14 @@ using cudaStream_t = CUstream_st*;
 using cudaEvent_t = CUevent_st*;
 inline constexpr unsigned cudaStreamDefault = 0;
 inline constexpr unsigned cudaStreamNonBlocking = 1;
+#define cudaEventDefault 0x00
+#define cudaEventBlockingSync 0x01
+#define cudaEventDisableTiming 0x02
+#define cudaEventInterprocess 0x04
+#define cudaHostAllocDefault 0x00
+#define cudaHostAllocPortable 0x01
+#define cudaHostAllocMapped 0x02
+#define cudaHostAllocWriteCombined 0x04
 
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
@@ -172,6 +216,40 @@ struct cudaDeviceProp {
   int multiProcessorCount;
   int memoryBusWidth;
   int l2CacheSize;
+};
+
+// Stream capture and CUDA graphs.
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2,
+};
+enum cudaStreamCaptureStatus {
+  cudaStreamCaptureStatusNone = 0,
+  cudaStreamCaptureStatusActive = 1,
+  cudaStreamCaptureStatusInvalidated = 2,
+};
+struct CUgraph_st;
+struct CUgraphNode_st;
+struct CUgraphExec_st;
+using cudaGraph_t = CUgraph_st*;
+using cudaGraphNode_t = CUgraphNode_st*;
+using cudaGraphExec_t = CUgraphExec_st*;
+enum cudaGraphExecUpdateResult {
+  cudaGraphExecUpdateSuccess = 0x0,
+  cudaGraphExecUpdateError = 0x1,
+  cudaGraphExecUpdateErrorTopologyChanged = 0x2,
+  cudaGraphExecUpdateErrorNodeTypeChanged = 0x3,
+  cudaGraphExecUpdateErrorFunctionChanged = 0x4,
+  cudaGraphExecUpdateErrorParametersChanged = 0x5,
+  cudaGraphExecUpdateErrorNotSupported = 0x6,
+  cudaGraphExecUpdateErrorUnsupportedFunctionChange = 0x7,
+  cudaGraphExecUpdateErrorAttributesChanged = 0x8,
+};
+struct cudaGraphExecUpdateResultInfo {
+  cudaGraphExecUpdateResult result;
+  cudaGraphNode_t errorNode;
+  cudaGraphNode_t errorFromNode;
 };
 
 // --- the emulator's internals that the device-side functions below need ----------------------
@@ -263,7 +341,8 @@ void CheckAligned(const T* p, const char* op) {
 }
 
 // Launch syntax after translation: kernel | LaunchConfig(grid, block, smem, stream) | KernelArgs(
-// args...). Runs the kernel to completion before returning; errors as cudaGetLastError reports.
+// args...). Runs the kernel to completion before returning, or records it as a graph node when
+// the stream captures; errors as cudaGetLastError reports.
 struct LaunchConfig {
   LaunchConfig(dim3 grid_in, dim3 block_in, size_t smem = 0, cudaStream_t s = nullptr,
                std::source_location loc = std::source_location::current())
@@ -274,7 +353,9 @@ struct LaunchConfig {
   cudaStream_t stream;
   std::source_location where;  // the launch, for fault messages
 };
-void Launch(const void* kernel, const LaunchConfig& config, const std::function<void()>& body);
+// body runs the kernel with the launch's parameters; it owns them (a captured launch keeps its
+// parameters by value, as CUDA does).
+void Launch(const void* kernel, const LaunchConfig& config, std::function<void()> body);
 
 template <class... P>
 struct PendingLaunch {
@@ -293,11 +374,12 @@ struct KernelArgs {
 template <class... P, class... A>
 void operator|(const PendingLaunch<P...>& launch, KernelArgs<A...>&& a) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of args");
-  // Converted once, as the launch does; each thread then gets its own copy of the parameters.
-  const std::tuple<std::decay_t<P>...> params = std::apply(
+  // Converted once, as the launch does, and kept by value (a graph node replays them); each thread
+  // then gets its own copy of the parameters.
+  std::tuple<std::decay_t<P>...> params = std::apply(
       [](auto&&... x) { return std::tuple<std::decay_t<P>...>(x...); }, std::move(a.args));
   Launch(reinterpret_cast<const void*>(launch.kernel), launch.config,
-         [&] { std::apply(launch.kernel, params); });
+         [kernel = launch.kernel, params = std::move(params)] { std::apply(kernel, params); });
 }
 
 template <class T>
@@ -354,10 +436,41 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaStreamQuery(cudaStream_t stream);
 cudaError_t cudaEventCreate(cudaEvent_t* event);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventQuery(cudaEvent_t event);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
+
+// Page-locked (pinned) host memory: the only host memory a captured cudaMemcpyAsync may use.
+cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned flags);
+cudaError_t cudaMallocHost(void** ptr, size_t bytes);
+cudaError_t cudaFreeHost(void* ptr);
+inline cudaError_t cudaMallocHost(void** ptr, size_t bytes, unsigned flags) {
+  return cudaHostAlloc(ptr, bytes, flags);
+}
+template <class T>
+cudaError_t cudaHostAlloc(T** ptr, size_t bytes, unsigned flags) {
+  return cudaHostAlloc(reinterpret_cast<void**>(ptr), bytes, flags);
+}
+template <class T>
+cudaError_t cudaMallocHost(T** ptr, size_t bytes, unsigned flags = 0) {
+  return cudaHostAlloc(reinterpret_cast<void**>(ptr), bytes, flags);
+}
+
+// Stream capture into graphs, and their instantiation, update and launch.
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags = 0);
+cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph,
+                                cudaGraphExecUpdateResultInfo* info);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* count);
 
 cudaError_t cudaFuncSetAttributeImpl(const void* func, cudaFuncAttribute attr, int value);
 template <class F>

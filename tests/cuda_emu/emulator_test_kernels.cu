@@ -65,6 +65,15 @@ __global__ void DeadlockKernel(int* out) {
 
 __global__ void EmptyKernel() {}
 
+__global__ void AddScalarKernel(const float* in, float* out, float add, int n) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) out[i] = in[i] + add;
+}
+
+__global__ void WriteCoeffsKernel(Coeffs coeffs, float* out) {
+  out[threadIdx.x] = coeffs.v[threadIdx.x];
+}
+
 // Thread i writes out[i]: one past the end when launched with n + 1 threads.
 __global__ void WriteIndexKernel(int* out) { out[threadIdx.x] = static_cast<int>(threadIdx.x); }
 
@@ -116,8 +125,8 @@ cudaError_t LaunchDynamicShared(int n, size_t bytes, bool opt_in, int* out) {
   DynamicSharedKernel<<<1, 128, bytes>>>(n, out);
   return cudaGetLastError();
 }
-cudaError_t LaunchDeadlock(int* out) {
-  DeadlockKernel<<<1, 64>>>(out);
+cudaError_t LaunchDeadlock(int* out, cudaStream_t stream) {
+  DeadlockKernel<<<1, 64, 0, stream>>>(out);
   return cudaGetLastError();
 }
 cudaError_t LaunchExitedLane(int* out) {
@@ -140,8 +149,17 @@ cudaError_t LaunchWriteIndex(int threads, int* out) {
   WriteIndexKernel<<<1, threads>>>(out);
   return cudaGetLastError();
 }
-cudaError_t LaunchBadBlock(int threads) {
-  EmptyKernel<<<1, threads>>>();
+cudaError_t LaunchBadBlock(int threads, cudaStream_t stream) {
+  EmptyKernel<<<1, threads, 0, stream>>>();
+  return cudaGetLastError();
+}
+cudaError_t LaunchAddScalar(int blocks, int threads, const float* in, float* out, float add, int n,
+                            cudaStream_t stream) {
+  AddScalarKernel<<<blocks, threads, 0, stream>>>(in, out, add, n);
+  return cudaGetLastError();
+}
+cudaError_t LaunchWriteCoeffs(const Coeffs& coeffs, float* out, cudaStream_t stream) {
+  WriteCoeffsKernel<<<1, 8, 0, stream>>>(coeffs, out);
   return cudaGetLastError();
 }
 

@@ -1,5 +1,6 @@
-// The CPU emulation of the CUDA runtime (tests/cuda_emu/cuda_emu.h): devices, memory, streams,
-// events, errors, and kernel launches run as one fiber per CUDA thread.
+// The CPU emulation of the CUDA runtime (tests/cuda_emu/cuda_emu.h): devices, memory (device and
+// pinned host), streams, events, errors, stream capture into CUDA graphs and their replay, and
+// kernel launches run as one fiber per CUDA thread.
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <set>
 #include <source_location>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/cuda_emu/cuda_emu.h"
@@ -52,6 +54,30 @@ cmoe_emu_switch:
 #else
 #define CMOE_EMU_ASM_SWITCH 0
 #endif
+
+// A node of a captured graph: one captured call, with its parameters by value.
+struct CUgraphNode_st {
+  enum class Type { kKernel, kMemcpy, kMemset };  // a cuBLAS call is a kernel node, as on a GPU
+  Type type = Type::kKernel;
+  // kKernel: a launch (kernel, config, body) or a library call (library: "" or what failed).
+  const void* kernel = nullptr;
+  cmoe::cuda_emu::LaunchConfig config{dim3(), dim3()};
+  std::function<void()> body;
+  std::function<std::string()> library;
+  // kMemcpy (dst, src, bytes; which sides are device memory) and kMemset (dst, value, bytes).
+  void* dst = nullptr;
+  const void* src = nullptr;
+  size_t bytes = 0;
+  bool dst_device = false;
+  bool src_device = false;
+  int value = 0;
+};
+struct CUgraph_st {
+  std::vector<CUgraphNode_st> nodes;  // in capture order: a chain, as one stream captures it
+};
+struct CUgraphExec_st {
+  std::vector<CUgraphNode_st> nodes;
+};
 
 namespace cmoe::cuda_emu {
 
@@ -117,14 +143,30 @@ struct Block {
 struct Event {
   std::chrono::steady_clock::time_point time;
   bool recorded = false;
+  bool timing = true;  // not created with cudaEventDisableTiming
 };
 
-// Everything the emulation keeps; guarded by mu. Kernel launches hold mu for their duration.
+// An active stream capture: the nodes recorded so far.
+struct Capture {
+  cudaStream_t stream = nullptr;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  std::thread::id owner;  // the thread that began it
+  bool blocking = false;  // the stream synchronizes with the legacy stream (cudaStreamDefault)
+  bool invalidated = false;
+  std::vector<CUgraphNode_st> nodes;
+};
+
+// Everything the emulation keeps; guarded by mu. Kernel launches and graph launches hold mu for
+// their duration.
 struct State {
   std::mutex mu;
   std::map<uintptr_t, size_t> allocations;  // device pointer -> bytes
   size_t allocated = 0;
-  std::set<cudaStream_t> streams;
+  std::map<uintptr_t, size_t> pinned;        // cudaHostAlloc'd host pointer -> bytes
+  std::map<cudaStream_t, unsigned> streams;  // -> flags
+  std::map<cudaStream_t, Capture> captures;
+  std::set<cudaGraph_t> graphs;
+  std::set<cudaGraphExec_t> execs;
   std::set<cudaEvent_t> events;
   std::map<const void*, size_t> max_dynamic_shared;  // per kernel, by cudaFuncSetAttribute
   cudaError_t sticky = cudaSuccess;
@@ -165,6 +207,86 @@ cudaError_t Result(State& s, cudaError_t e) {
   if (s.sticky != cudaSuccess) e = s.sticky;
   if (e != cudaSuccess) t_last_error = e;
   return e;
+}
+
+// Whether [p, p + bytes) lies inside one allocation of `ranges` (start -> bytes).
+bool InRanges(const std::map<uintptr_t, size_t>& ranges, const void* p, size_t bytes) {
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  auto it = ranges.upper_bound(address);
+  if (it == ranges.begin()) return false;
+  --it;
+  return address + bytes <= it->first + it->second;
+}
+
+bool IsPinnedRange(State& s, const void* p, size_t bytes) { return InRanges(s.pinned, p, bytes); }
+
+// The capture `stream` is in, or null (the legacy stream never captures).
+Capture* CaptureOf(State& s, cudaStream_t stream) {
+  if (stream == nullptr) return nullptr;
+  const auto it = s.captures.find(stream);
+  return it != s.captures.end() ? &it->second : nullptr;
+}
+
+template <class Pred>
+bool AnyCapture(State& s, Pred pred) {
+  return std::any_of(s.captures.begin(), s.captures.end(),
+                     [&](const auto& entry) { return pred(entry.second); });
+}
+
+// A call the rules of stream capture forbid: says so on stderr, invalidates the captures `which`
+// selects (their cudaStreamEndCapture then returns cudaErrorStreamCaptureInvalidated and no
+// graph), and returns `error` as the call's result.
+template <class Pred>
+cudaError_t Forbid(State& s, cudaError_t error, const char* what, Pred which) {
+  int invalidated = 0;
+  for (auto& [stream, capture] : s.captures) {
+    if (which(capture)) {
+      capture.invalidated = true;
+      ++invalidated;
+    }
+  }
+  std::fprintf(stderr, "cuda-emu: %s (%s); %d stream capture(s) invalidated\n", what,
+               ::cudaGetErrorName(error), invalidated);
+  return Result(s, error);
+}
+
+bool IsThisThread(const Capture& c) { return c.owner == std::this_thread::get_id(); }
+
+// Whether this thread may not make "potentially unsafe" calls (cudaMalloc, cudaHostAlloc) under
+// `c`: CUDA's rule for a thread in the default cudaStreamCaptureModeGlobal interaction mode.
+bool ProhibitsUnsafeCalls(const Capture& c) {
+  return c.mode == cudaStreamCaptureModeGlobal ||
+         (c.mode == cudaStreamCaptureModeThreadLocal && IsThisThread(c));
+}
+
+// Work on the legacy stream (nullptr) would depend on every blocking stream, so it may not be
+// enqueued while one captures: cudaErrorStreamCaptureImplicit, and those captures end invalid.
+cudaError_t CheckLegacyStream(State& s, const char* what) {
+  if (!AnyCapture(s, [](const Capture& c) { return c.blocking; })) return cudaSuccess;
+  return Forbid(s, cudaErrorStreamCaptureImplicit, what,
+                [](const Capture& c) { return c.blocking; });
+}
+
+// Where work enqueued on `stream` goes (Mutex() held): run now (*capture null), recorded into
+// *capture, or an error (returned; the thread's last error).
+cudaError_t Enqueue(State& s, cudaStream_t stream, const char* what, Capture** capture) {
+  *capture = nullptr;
+  if (stream != nullptr && s.streams.count(stream) == 0) {
+    return Result(s, cudaErrorInvalidResourceHandle);
+  }
+  if (s.sticky != cudaSuccess) return Result(s, s.sticky);
+  if (stream == nullptr) return CheckLegacyStream(s, what);
+  Capture* c = CaptureOf(s, stream);
+  if (c != nullptr && c->invalidated) return Result(s, cudaErrorStreamCaptureInvalidated);
+  *capture = c;
+  return cudaSuccess;
+}
+
+// An enqueue on a capturing stream failed its own checks: as on a GPU, the capture is then
+// invalid. Returns `error` (the thread's last error).
+cudaError_t FailCaptured(State& s, Capture* c, cudaError_t error, const char* what) {
+  if (c == nullptr) return Result(s, error);
+  return Forbid(s, error, what, [c](const Capture& other) { return &other == c; });
 }
 
 char* Stack(State& s, size_t i) {
@@ -310,6 +432,46 @@ bool RunBlock(State& s, int threads) {
   return ok;
 }
 
+// Runs a kernel whose launch passed its checks, with mu held. A fault ends the launch with a
+// sticky cudaErrorLaunchFailure and a message naming the launch site; returns false then.
+bool RunKernel(State& s, const LaunchConfig& c, const std::function<void()>& body,
+               const char* context) {
+  const std::source_location& where = c.where;
+  const uint64_t threads = uint64_t{c.block.x} * c.block.y * c.block.z;
+  // 128-byte aligned, as the base of a block's dynamic shared memory is on a GPU (kernels may
+  // declare it __align__(128) and place WMMA tiles, which need 32 bytes, at aligned offsets).
+  struct alignas(128) SharedChunk {
+    unsigned char bytes[128];
+  };
+  std::vector<SharedChunk> shared((std::max<size_t>(c.shared_bytes, 16) + 127) / 128);
+  s.body = &body;
+  g_grid_dim = c.grid;
+  g_block_dim = c.block;
+  for (unsigned z = 0; z < c.grid.z; ++z) {
+    for (unsigned y = 0; y < c.grid.y; ++y) {
+      for (unsigned x = 0; x < c.grid.x; ++x) {
+        std::memset(shared.data(), 0xcd,
+                    shared.size() * sizeof(SharedChunk));  // garbage, as on a GPU
+        g_dynamic_shared = shared.data();
+        g_block_idx = {x, y, z};
+        if (!RunBlock(s, static_cast<int>(threads))) {
+          std::fprintf(stderr, "cuda-emu: kernel launched at %s:%u (grid %s, block %s%s): %s\n",
+                       where.file_name(), static_cast<unsigned>(where.line()), Dim(c.grid).c_str(),
+                       Dim(c.block).c_str(), context, s.fault.c_str());
+          s.sticky = cudaErrorLaunchFailure;
+          t_last_error = s.sticky;
+          g_dynamic_shared = nullptr;
+          s.body = nullptr;
+          return false;
+        }
+      }
+    }
+  }
+  g_dynamic_shared = nullptr;
+  s.body = nullptr;
+  return true;
+}
+
 }  // namespace
 
 void Fault(const char* what) {
@@ -351,19 +513,20 @@ WarpView WarpExchange(uint64_t value, unsigned mask) {
   return {w.values[slot], w.masks[slot], w.live_at[slot], w.uniform_at[slot]};
 }
 
-void Launch(const void* kernel, const LaunchConfig& c, const std::function<void()>& body) {
-  const std::source_location& where = c.where;
+void Launch(const void* kernel, const LaunchConfig& c, std::function<void()> body) {
   State& s = S();
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.sticky != cudaSuccess) {
     t_last_error = s.sticky;
     return;
   }
+  Capture* capture = CaptureOf(s, c.stream);
+  const char* what = "a kernel launch on a capturing stream failed";
   const uint64_t threads = uint64_t{c.block.x} * c.block.y * c.block.z;
   if (threads == 0 || threads > kMaxThreadsPerBlock || c.block.z > 64 || c.grid.x == 0 ||
       c.grid.y == 0 || c.grid.z == 0 || c.grid.x > 0x7fffffffu || c.grid.y > 65535 ||
       c.grid.z > 65535) {
-    t_last_error = cudaErrorInvalidConfiguration;
+    FailCaptured(s, capture, cudaErrorInvalidConfiguration, what);
     return;
   }
   const auto opt_in = s.max_dynamic_shared.find(kernel);
@@ -371,52 +534,51 @@ void Launch(const void* kernel, const LaunchConfig& c, const std::function<void(
                                   ? std::max(opt_in->second, kDefaultDynamicShared)
                                   : kDefaultDynamicShared;
   if (c.shared_bytes > shared_limit) {
-    t_last_error = cudaErrorInvalidValue;
+    FailCaptured(s, capture, cudaErrorInvalidValue, what);
     return;
   }
-  if (c.stream != nullptr && s.streams.count(c.stream) == 0) {
-    t_last_error = cudaErrorInvalidResourceHandle;
+  if (Enqueue(s, c.stream, "a kernel launch on the legacy stream", &capture) != cudaSuccess) {
     return;
   }
-  std::vector<float4> shared((std::max<size_t>(c.shared_bytes, 16) + 15) / 16);
-  s.body = &body;
-  g_grid_dim = c.grid;
-  g_block_dim = c.block;
-  for (unsigned z = 0; z < c.grid.z; ++z) {
-    for (unsigned y = 0; y < c.grid.y; ++y) {
-      for (unsigned x = 0; x < c.grid.x; ++x) {
-        std::memset(shared.data(), 0xcd, shared.size() * sizeof(float4));  // garbage, as on a GPU
-        g_dynamic_shared = shared.data();
-        g_block_idx = {x, y, z};
-        if (!RunBlock(s, static_cast<int>(threads))) {
-          std::fprintf(stderr, "cuda-emu: kernel launched at %s:%u (grid %s, block %s): %s\n",
-                       where.file_name(), static_cast<unsigned>(where.line()), Dim(c.grid).c_str(),
-                       Dim(c.block).c_str(), s.fault.c_str());
-          s.sticky = cudaErrorLaunchFailure;
-          t_last_error = s.sticky;
-          g_dynamic_shared = nullptr;
-          s.body = nullptr;
-          return;
-        }
-      }
-    }
+  if (capture != nullptr) {
+    CUgraphNode_st node;
+    node.type = CUgraphNode_st::Type::kKernel;
+    node.kernel = kernel;
+    node.config = c;
+    node.body = std::move(body);
+    capture->nodes.push_back(std::move(node));
+    return;
   }
-  g_dynamic_shared = nullptr;
-  s.body = nullptr;
+  RunKernel(s, c, body, "");
 }
 
-bool IsDeviceRange(const void* p, size_t bytes) {
-  State& s = S();
-  const auto address = reinterpret_cast<uintptr_t>(p);
-  auto it = s.allocations.upper_bound(address);
-  if (it == s.allocations.begin()) return false;
-  --it;
-  return address + bytes <= it->first + it->second;
-}
+bool IsDeviceRange(const void* p, size_t bytes) { return InRanges(S().allocations, p, bytes); }
 
 std::mutex& Mutex() { return S().mu; }
 
 cudaError_t StickyError() { return S().sticky; }
+
+cudaError_t EnqueueLibraryCall(cudaStream_t stream, const char* what, bool* capturing) {
+  State& s = S();
+  Capture* capture = nullptr;
+  const cudaError_t e = Enqueue(s, stream, what, &capture);
+  *capturing = capture != nullptr;
+  return e;
+}
+
+cudaError_t FailLibraryCall(cudaStream_t stream, cudaError_t error, const char* what) {
+  State& s = S();
+  return FailCaptured(s, CaptureOf(s, stream), error, what);
+}
+
+void RecordLibraryCall(cudaStream_t stream, std::function<std::string()> run) {
+  Capture* capture = CaptureOf(S(), stream);
+  if (capture == nullptr) return;
+  CUgraphNode_st node;
+  node.type = CUgraphNode_st::Type::kKernel;
+  node.library = std::move(run);
+  capture->nodes.push_back(std::move(node));
+}
 
 }  // namespace cmoe::cuda_emu
 
@@ -426,13 +588,58 @@ namespace emu = cmoe::cuda_emu;
 
 namespace {
 
-// cudaMalloc'd memory is uninitialized on a device: fill it with 0xff (NaN as floats).
-cudaError_t Allocate(void** ptr, size_t bytes) {
-  emu::State& s = emu::S();
-  std::lock_guard<std::mutex> lock(s.mu);
+// A call stream capture may forbid, with mu held: `unsafe` calls (cudaMalloc, cudaHostAlloc) are
+// "potentially unsafe" in CUDA's terms, forbidden to this thread (in the default
+// cudaStreamCaptureModeGlobal interaction mode) while a Global capture is active on any thread or
+// a ThreadLocal one that this thread began. Synchronous calls (cudaMemcpy, cudaMemset) run on the
+// legacy stream and wait for it: forbidden while a blocking stream captures (an implicit
+// dependency), and, conservatively, while this thread captures or a capture forbids unsafe calls
+// (the copy would run now, not at replay). Returns cudaSuccess or the error (captures
+// invalidated).
+cudaError_t CheckUnsafeCall(emu::State& s, const char* call) {
+  if (!emu::AnyCapture(s, emu::ProhibitsUnsafeCalls)) return cudaSuccess;
+  const std::string what = std::string(call) +
+                           " while a stream capture in cudaStreamCaptureModeGlobal (any thread) or "
+                           "ThreadLocal (this thread) is active";
+  return emu::Forbid(s, cudaErrorStreamCaptureUnsupported, what.c_str(), emu::ProhibitsUnsafeCalls);
+}
+
+cudaError_t CheckSyncCall(emu::State& s, const char* call) {
+  const auto blocking = [](const emu::Capture& c) { return c.blocking; };
+  if (emu::AnyCapture(s, blocking)) {
+    const std::string what =
+        std::string(call) + " (legacy stream) while a blocking stream (cudaStreamDefault) captures";
+    return emu::Forbid(s, cudaErrorStreamCaptureImplicit, what.c_str(), blocking);
+  }
+  const auto conflicts = [](const emu::Capture& c) {
+    return emu::ProhibitsUnsafeCalls(c) || emu::IsThisThread(c);
+  };
+  if (!emu::AnyCapture(s, conflicts)) return cudaSuccess;
+  const std::string what = std::string(call) +
+                           " (synchronous: it would run now, not when the graph is launched) "
+                           "during a stream capture of this thread or in Global mode";
+  return emu::Forbid(s, cudaErrorStreamCaptureUnsupported, what.c_str(), conflicts);
+}
+
+// Calls that synchronize the whole device (cudaDeviceSynchronize, cudaFree, cudaFreeHost) may not
+// run while any stream captures.
+cudaError_t CheckDeviceSync(emu::State& s, const char* call) {
+  const auto any = [](const emu::Capture&) { return true; };
+  if (!emu::AnyCapture(s, any)) return cudaSuccess;
+  const std::string what =
+      std::string(call) + " synchronizes the device, which may not happen while a stream captures";
+  return emu::Forbid(s, cudaErrorStreamCaptureUnsupported, what.c_str(), any);
+}
+
+// cudaMalloc'd memory is uninitialized on a device: fill it with 0xff (NaN as floats). `unsafe`:
+// the call's name when capture rules apply to it (cudaMalloc; not cudaMallocAsync).
+cudaError_t AllocateLocked(emu::State& s, void** ptr, size_t bytes, const char* unsafe) {
   if (ptr == nullptr) return emu::Result(s, cudaErrorInvalidValue);
   *ptr = nullptr;
   if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+  if (unsafe != nullptr) {
+    if (const cudaError_t e = CheckUnsafeCall(s, unsafe); e != cudaSuccess) return e;
+  }
   if (bytes == 0) return cudaSuccess;
   if (bytes > emu::MemoryLimit() || s.allocated + bytes > emu::MemoryLimit()) {
     return emu::Result(s, cudaErrorMemoryAllocation);
@@ -448,10 +655,12 @@ cudaError_t Allocate(void** ptr, size_t bytes) {
   return cudaSuccess;
 }
 
-cudaError_t Release(void* ptr) {
-  emu::State& s = emu::S();
-  std::lock_guard<std::mutex> lock(s.mu);
+// `sync`: the call's name when it synchronizes the device (cudaFree; not cudaFreeAsync).
+cudaError_t ReleaseLocked(emu::State& s, void* ptr, const char* sync) {
   if (ptr == nullptr) return emu::Result(s, cudaSuccess);
+  if (sync != nullptr) {
+    if (const cudaError_t e = CheckDeviceSync(s, sync); e != cudaSuccess) return e;
+  }
   const auto it = s.allocations.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == s.allocations.end()) return emu::Result(s, cudaErrorInvalidValue);
   s.allocated -= it->second;
@@ -464,45 +673,179 @@ bool KnownStream(emu::State& s, cudaStream_t stream) {
   return stream == nullptr || s.streams.count(stream) != 0;
 }
 
-// The device side of a copy must lie inside one allocation; host pointers are not checked.
-cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
-                 cudaStream_t stream) {
+// The calls graph memory nodes would serve: not emulated, so refused on a capturing stream.
+cudaError_t StreamOrderedMemory(emu::State& s, cudaStream_t stream, const char* call) {
+  emu::Capture* capture = nullptr;
+  const std::string legacy = std::string(call) + " on the legacy stream";
+  if (const cudaError_t e = emu::Enqueue(s, stream, legacy.c_str(), &capture); e != cudaSuccess) {
+    return e;
+  }
+  if (capture == nullptr) return cudaSuccess;
+  const std::string what = std::string(call) +
+                           " on a capturing stream: graph memory nodes are not emulated "
+                           "(tests/cuda_emu); allocate before the capture";
+  return emu::FailCaptured(s, capture, cudaErrorStreamCaptureUnsupported, what.c_str());
+}
+
+// Which sides of a copy are device memory; cudaMemcpyDefault tells by the pointers (unified
+// addressing).
+void CopySides(cudaMemcpyKind kind, void* dst, const void* src, bool* dst_device,
+               bool* src_device) {
+  if (kind == cudaMemcpyDefault) {
+    *dst_device = emu::IsDeviceRange(dst, 1);
+    *src_device = emu::IsDeviceRange(src, 1);
+    return;
+  }
+  *dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  *src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+}
+
+// The device side of a copy must lie inside one allocation. Host pointers are not checked, except
+// on a capturing stream, where they must lie in pinned memory (cudaHostAlloc, cudaMallocHost).
+cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream,
+                 bool sync) {
   emu::State& s = emu::S();
   std::lock_guard<std::mutex> lock(s.mu);
-  if (!KnownStream(s, stream)) return emu::Result(s, cudaErrorInvalidResourceHandle);
-  if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
-  if (bytes == 0) return cudaSuccess;
-  if (dst == nullptr || src == nullptr) return emu::Result(s, cudaErrorInvalidValue);
-  const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-  const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-  if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault) {
-    return emu::Result(s, cudaErrorInvalidMemcpyDirection);
+  emu::Capture* capture = nullptr;
+  if (sync) {
+    if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+    if (const cudaError_t e = CheckSyncCall(s, "cudaMemcpy"); e != cudaSuccess) return e;
+  } else if (const cudaError_t e =
+                 emu::Enqueue(s, stream, "cudaMemcpyAsync on the legacy stream", &capture);
+             e != cudaSuccess) {
+    return e;
   }
+  if (bytes == 0) return cudaSuccess;
+  const char* what = "cudaMemcpyAsync on a capturing stream failed its checks";
+  if (dst == nullptr || src == nullptr) {
+    return emu::FailCaptured(s, capture, cudaErrorInvalidValue, what);
+  }
+  if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault) {
+    return emu::FailCaptured(s, capture, cudaErrorInvalidMemcpyDirection, what);
+  }
+  bool dst_device = false, src_device = false;
+  CopySides(kind, dst, src, &dst_device, &src_device);
   if ((dst_device && !emu::IsDeviceRange(dst, bytes)) ||
       (src_device && !emu::IsDeviceRange(src, bytes))) {
-    return emu::Result(s, cudaErrorInvalidValue);
+    return emu::FailCaptured(s, capture, cudaErrorInvalidValue, what);
   }
-  std::memmove(dst, src, bytes);
+  if (capture == nullptr) {
+    std::memmove(dst, src, bytes);
+    return cudaSuccess;
+  }
+  if ((!dst_device && !emu::IsPinnedRange(s, dst, bytes)) ||
+      (!src_device && !emu::IsPinnedRange(s, src, bytes))) {
+    return emu::FailCaptured(s, capture, cudaErrorStreamCaptureUnsupported,
+                             "cudaMemcpyAsync on a capturing stream with pageable host memory "
+                             "(only cudaHostAlloc / cudaMallocHost memory can be captured)");
+  }
+  CUgraphNode_st node;
+  node.type = CUgraphNode_st::Type::kMemcpy;
+  node.dst = dst;
+  node.src = src;
+  node.bytes = bytes;
+  node.dst_device = dst_device;
+  node.src_device = src_device;
+  capture->nodes.push_back(std::move(node));
   return cudaSuccess;
 }
 
-cudaError_t Set(void* ptr, int value, size_t bytes, cudaStream_t stream) {
+cudaError_t Set(void* ptr, int value, size_t bytes, cudaStream_t stream, bool sync) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  emu::Capture* capture = nullptr;
+  if (sync) {
+    if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+    if (const cudaError_t e = CheckSyncCall(s, "cudaMemset"); e != cudaSuccess) return e;
+  } else if (const cudaError_t e =
+                 emu::Enqueue(s, stream, "cudaMemsetAsync on the legacy stream", &capture);
+             e != cudaSuccess) {
+    return e;
+  }
+  if (bytes == 0) return cudaSuccess;
+  if (!emu::IsDeviceRange(ptr, bytes)) {
+    return emu::FailCaptured(s, capture, cudaErrorInvalidValue,
+                             "cudaMemsetAsync on a capturing stream failed its checks");
+  }
+  if (capture == nullptr) {
+    std::memset(ptr, value, bytes);
+    return cudaSuccess;
+  }
+  CUgraphNode_st node;
+  node.type = CUgraphNode_st::Type::kMemset;
+  node.dst = ptr;
+  node.bytes = bytes;
+  node.dst_device = true;
+  node.value = value;
+  capture->nodes.push_back(std::move(node));
+  return cudaSuccess;
+}
+
+// cudaStreamSynchronize, cudaStreamQuery: not on a capturing stream (its work has not run), nor
+// on the legacy stream while a blocking stream captures.
+cudaError_t WaitForStream(cudaStream_t stream, const char* call) {
   emu::State& s = emu::S();
   std::lock_guard<std::mutex> lock(s.mu);
   if (!KnownStream(s, stream)) return emu::Result(s, cudaErrorInvalidResourceHandle);
   if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
-  if (bytes == 0) return cudaSuccess;
-  if (!emu::IsDeviceRange(ptr, bytes)) return emu::Result(s, cudaErrorInvalidValue);
-  std::memset(ptr, value, bytes);
+  if (emu::Capture* capture = emu::CaptureOf(s, stream); capture != nullptr) {
+    const std::string what = std::string(call) + " on a capturing stream";
+    return emu::Forbid(s, cudaErrorStreamCaptureUnsupported, what.c_str(),
+                       [capture](const emu::Capture& c) { return &c == capture; });
+  }
+  if (stream == nullptr) {
+    const std::string what = std::string(call) + " on the legacy stream";
+    return emu::CheckLegacyStream(s, what.c_str());
+  }
   return cudaSuccess;
 }
 
-// The calls that only check their stream and the device's health.
-cudaError_t StreamOp(cudaStream_t stream) {
-  emu::State& s = emu::S();
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (!KnownStream(s, stream)) return emu::Result(s, cudaErrorInvalidResourceHandle);
-  return emu::Result(s, cudaSuccess);
+const char* Side(bool device) { return device ? "device" : "pinned host"; }
+
+// Runs node i of a graph launch with mu held. A node whose memory is gone (freed since the
+// capture) fails the launch with a sticky cudaErrorIllegalAddress; a kernel fault with the sticky
+// cudaErrorLaunchFailure of a direct launch. Returns false then.
+bool RunNode(emu::State& s, const CUgraphNode_st& n, size_t i, size_t count) {
+  std::string why;
+  const auto live = [&s](bool device, const void* p, size_t bytes) {
+    return device ? emu::IsDeviceRange(p, bytes) : emu::IsPinnedRange(s, p, bytes);
+  };
+  char text[256];
+  switch (n.type) {
+    case CUgraphNode_st::Type::kKernel:
+      if (n.library) {
+        why = n.library();
+        break;
+      }
+      return emu::RunKernel(s, n.config, n.body, ", replayed by cudaGraphLaunch");
+    case CUgraphNode_st::Type::kMemcpy:
+      if (!live(n.dst_device, n.dst, n.bytes) || !live(n.src_device, n.src, n.bytes)) {
+        std::snprintf(text, sizeof text,
+                      "a captured cudaMemcpyAsync of %zu bytes from %s memory %p to %s memory %p: "
+                      "an operand is no longer allocated (freed since the capture?)",
+                      n.bytes, Side(n.src_device), n.src, Side(n.dst_device), n.dst);
+        why = text;
+        break;
+      }
+      std::memmove(n.dst, n.src, n.bytes);
+      break;
+    case CUgraphNode_st::Type::kMemset:
+      if (!live(true, n.dst, n.bytes)) {
+        std::snprintf(text, sizeof text,
+                      "a captured cudaMemsetAsync of %zu bytes at %p: the memory is no longer "
+                      "allocated (freed since the capture?)",
+                      n.bytes, n.dst);
+        why = text;
+        break;
+      }
+      std::memset(n.dst, n.value, n.bytes);
+      break;
+  }
+  if (why.empty()) return true;
+  std::fprintf(stderr, "cuda-emu: cudaGraphLaunch, node %zu of %zu: %s\n", i, count, why.c_str());
+  s.sticky = cudaErrorIllegalAddress;
+  emu::t_last_error = s.sticky;
+  return false;
 }
 
 }  // namespace
@@ -593,7 +936,12 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   return cudaErrorInvalidValue;
 }
 
-cudaError_t cudaDeviceSynchronize() { return StreamOp(nullptr); }
+cudaError_t cudaDeviceSynchronize() {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+  return CheckDeviceSync(s, "cudaDeviceSynchronize");
+}
 
 cudaError_t cudaDeviceReset() {
   emu::State& s = emu::S();
@@ -601,7 +949,16 @@ cudaError_t cudaDeviceReset() {
   for (const auto& [address, bytes] : s.allocations) std::free(reinterpret_cast<void*>(address));
   s.allocations.clear();
   s.allocated = 0;
-  for (cudaStream_t stream : s.streams) delete reinterpret_cast<char*>(stream);
+  for (const auto& [address, bytes] : s.pinned) std::free(reinterpret_cast<void*>(address));
+  s.pinned.clear();
+  // Captures end; graphs and executable graphs die with the context (their handles are then
+  // invalid: destroying one returns cudaErrorInvalidValue).
+  s.captures.clear();
+  for (cudaGraph_t graph : s.graphs) delete graph;
+  s.graphs.clear();
+  for (cudaGraphExec_t exec : s.execs) delete exec;
+  s.execs.clear();
+  for (const auto& [stream, flags] : s.streams) delete reinterpret_cast<char*>(stream);
   s.streams.clear();
   for (cudaEvent_t event : s.events) delete reinterpret_cast<emu::Event*>(event);
   s.events.clear();
@@ -647,6 +1004,7 @@ const char* cudaGetErrorName(cudaError_t error) {
     CMOE_EMU_ERROR_NAME(cudaErrorECCUncorrectable)
     CMOE_EMU_ERROR_NAME(cudaErrorUnsupportedPtxVersion)
     CMOE_EMU_ERROR_NAME(cudaErrorInvalidResourceHandle)
+    CMOE_EMU_ERROR_NAME(cudaErrorIllegalState)
     CMOE_EMU_ERROR_NAME(cudaErrorNotReady)
     CMOE_EMU_ERROR_NAME(cudaErrorIllegalAddress)
     CMOE_EMU_ERROR_NAME(cudaErrorLaunchOutOfResources)
@@ -661,6 +1019,11 @@ const char* cudaGetErrorName(cudaError_t error) {
     CMOE_EMU_ERROR_NAME(cudaErrorLaunchFailure)
     CMOE_EMU_ERROR_NAME(cudaErrorSystemDriverMismatch)
     CMOE_EMU_ERROR_NAME(cudaErrorCompatNotSupportedOnDevice)
+    CMOE_EMU_ERROR_NAME(cudaErrorStreamCaptureUnsupported)
+    CMOE_EMU_ERROR_NAME(cudaErrorStreamCaptureInvalidated)
+    CMOE_EMU_ERROR_NAME(cudaErrorStreamCaptureImplicit)
+    CMOE_EMU_ERROR_NAME(cudaErrorStreamCaptureWrongThread)
+    CMOE_EMU_ERROR_NAME(cudaErrorGraphExecUpdateFailure)
 #undef CMOE_EMU_ERROR_NAME
   }
   return "cudaErrorUnknown";
@@ -684,33 +1047,103 @@ const char* cudaGetErrorString(cudaError_t error) {
       return "invalid resource handle";
     case cudaErrorLaunchFailure:
       return "unspecified launch failure";
+    case cudaErrorIllegalAddress:
+      return "an illegal memory access was encountered";
+    case cudaErrorIllegalState:
+      return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit:
+      return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureWrongThread:
+      return "attempt to terminate a thread-local capture sequence from another thread";
+    case cudaErrorGraphExecUpdateFailure:
+      return "the graph update was not performed because it included changes which violated "
+             "constraints specific to instantiated graph update";
     default:
       return cudaGetErrorName(error);
   }
 }
 
-cudaError_t cudaMalloc(void** ptr, size_t bytes) { return Allocate(ptr, bytes); }
-cudaError_t cudaFree(void* ptr) { return Release(ptr); }
+cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return AllocateLocked(s, ptr, bytes, "cudaMalloc");
+}
+cudaError_t cudaFree(void* ptr) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return ReleaseLocked(s, ptr, "cudaFree");
+}
 cudaError_t cudaMallocAsync(void** ptr, size_t bytes, cudaStream_t stream) {
-  if (const cudaError_t e = StreamOp(stream); e != cudaSuccess) return e;
-  return Allocate(ptr, bytes);
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (ptr != nullptr) *ptr = nullptr;
+  if (const cudaError_t e = StreamOrderedMemory(s, stream, "cudaMallocAsync"); e != cudaSuccess) {
+    return e;
+  }
+  return AllocateLocked(s, ptr, bytes, nullptr);
 }
 cudaError_t cudaFreeAsync(void* ptr, cudaStream_t stream) {
-  if (const cudaError_t e = StreamOp(stream); e != cudaSuccess) return e;
-  return Release(ptr);
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (const cudaError_t e = StreamOrderedMemory(s, stream, "cudaFreeAsync"); e != cudaSuccess) {
+    return e;
+  }
+  return ReleaseLocked(s, ptr, nullptr);
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  return Copy(dst, src, bytes, kind, nullptr);
+  return Copy(dst, src, bytes, kind, nullptr, true);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
-  return Copy(dst, src, bytes, kind, stream);
+  return Copy(dst, src, bytes, kind, stream, false);
 }
 cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
-  return Set(ptr, value, bytes, nullptr);
+  return Set(ptr, value, bytes, nullptr, true);
 }
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream) {
-  return Set(ptr, value, bytes, stream);
+  return Set(ptr, value, bytes, stream, false);
+}
+
+// Pinned memory is host memory: filled with 0xff like fresh device memory, so that reading what
+// was never written shows.
+cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned flags) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (ptr == nullptr) return emu::Result(s, cudaErrorInvalidValue);
+  *ptr = nullptr;
+  if ((flags &
+       ~unsigned{cudaHostAllocPortable | cudaHostAllocMapped | cudaHostAllocWriteCombined}) != 0) {
+    return emu::Result(s, cudaErrorInvalidValue);
+  }
+  if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+  if (const cudaError_t e = CheckUnsafeCall(s, "cudaHostAlloc"); e != cudaSuccess) return e;
+  if (bytes == 0) return cudaSuccess;
+  void* p = nullptr;
+  if (posix_memalign(&p, 4096, bytes) != 0) return emu::Result(s, cudaErrorMemoryAllocation);
+  std::memset(p, 0xff, bytes);
+  s.pinned[reinterpret_cast<uintptr_t>(p)] = bytes;
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** ptr, size_t bytes) {
+  return cudaHostAlloc(ptr, bytes, cudaHostAllocDefault);
+}
+
+cudaError_t cudaFreeHost(void* ptr) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (ptr == nullptr) return emu::Result(s, cudaSuccess);
+  if (const cudaError_t e = CheckDeviceSync(s, "cudaFreeHost"); e != cudaSuccess) return e;
+  const auto it = s.pinned.find(reinterpret_cast<uintptr_t>(ptr));
+  if (it == s.pinned.end()) return emu::Result(s, cudaErrorInvalidValue);
+  s.pinned.erase(it);
+  std::free(ptr);
+  return emu::Result(s, cudaSuccess);
 }
 
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* ptr) {
@@ -722,6 +1155,11 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* pt
     attr->type = cudaMemoryTypeDevice;
     attr->device = emu::t_device;
     attr->devicePointer = const_cast<void*>(ptr);
+  } else if (emu::IsPinnedRange(s, ptr, 1)) {  // mapped at the same address (unified addressing)
+    attr->type = cudaMemoryTypeHost;
+    attr->device = emu::t_device;
+    attr->devicePointer = const_cast<void*>(ptr);
+    attr->hostPointer = const_cast<void*>(ptr);
   }
   return emu::Result(s, cudaSuccess);
 }
@@ -737,7 +1175,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
     return emu::Result(s, cudaErrorInvalidValue);
   }
   *stream = reinterpret_cast<cudaStream_t>(new char);  // a unique handle
-  s.streams.insert(*stream);
+  s.streams[*stream] = flags;
   return emu::Result(s, cudaSuccess);
 }
 
@@ -747,18 +1185,33 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   if (stream == nullptr || s.streams.erase(stream) == 0) {
     return emu::Result(s, cudaErrorInvalidResourceHandle);
   }
+  s.captures.erase(stream);  // a capture in progress ends with its stream, discarded
   delete reinterpret_cast<char*>(stream);
   return emu::Result(s, cudaSuccess);
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) { return StreamOp(stream); }
-cudaError_t cudaStreamQuery(cudaStream_t stream) { return StreamOp(stream); }
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  return WaitForStream(stream, "cudaStreamSynchronize");
+}
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  return WaitForStream(stream, "cudaStreamQuery");
+}
 
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  return cudaEventCreateWithFlags(event, cudaEventDefault);
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
   emu::State& s = emu::S();
   std::lock_guard<std::mutex> lock(s.mu);
-  if (event == nullptr) return emu::Result(s, cudaErrorInvalidValue);
-  *event = reinterpret_cast<cudaEvent_t>(new emu::Event());
+  const unsigned known = cudaEventBlockingSync | cudaEventDisableTiming | cudaEventInterprocess;
+  if (event == nullptr || (flags & ~known) != 0 ||
+      ((flags & cudaEventInterprocess) != 0 && (flags & cudaEventDisableTiming) == 0)) {
+    return emu::Result(s, cudaErrorInvalidValue);
+  }
+  auto* e = new emu::Event();
+  e->timing = (flags & cudaEventDisableTiming) == 0;
+  *event = reinterpret_cast<cudaEvent_t>(e);
   s.events.insert(*event);
   return emu::Result(s, cudaSuccess);
 }
@@ -777,6 +1230,17 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (s.events.count(event) == 0 || !KnownStream(s, stream)) {
     return emu::Result(s, cudaErrorInvalidResourceHandle);
   }
+  emu::Capture* capture = nullptr;
+  if (const cudaError_t e =
+          emu::Enqueue(s, stream, "cudaEventRecord on the legacy stream", &capture);
+      e != cudaSuccess) {
+    return e;
+  }
+  if (capture != nullptr) {
+    return emu::FailCaptured(s, capture, cudaErrorStreamCaptureUnsupported,
+                             "cudaEventRecord on a capturing stream: event nodes (cross-stream "
+                             "capture, timing inside a graph) are not emulated (tests/cuda_emu)");
+  }
   auto* e = reinterpret_cast<emu::Event*>(event);
   e->time = std::chrono::steady_clock::now();
   e->recorded = true;
@@ -784,6 +1248,14 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.events.count(event) == 0) return emu::Result(s, cudaErrorInvalidResourceHandle);
+  return emu::Result(s, cudaSuccess);
+}
+
+// Everything runs when enqueued: a recorded event has always completed.
+cudaError_t cudaEventQuery(cudaEvent_t event) {
   emu::State& s = emu::S();
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.events.count(event) == 0) return emu::Result(s, cudaErrorInvalidResourceHandle);
@@ -799,7 +1271,9 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
   }
   const auto* a = reinterpret_cast<emu::Event*>(start);
   const auto* b = reinterpret_cast<emu::Event*>(end);
-  if (!a->recorded || !b->recorded) return emu::Result(s, cudaErrorInvalidResourceHandle);
+  if (!a->recorded || !b->recorded || !a->timing || !b->timing) {
+    return emu::Result(s, cudaErrorInvalidResourceHandle);
+  }
   *ms = std::chrono::duration<float, std::milli>(b->time - a->time).count();
   return emu::Result(s, cudaSuccess);
 }
@@ -826,4 +1300,177 @@ cudaError_t cudaOccupancyImpl(int* blocks, const void* func, int block_size, siz
   n = std::min<int>(n, static_cast<int>(emu::kSharedPerSm / (smem + 1024)));
   *blocks = n;
   return cudaSuccess;
+}
+
+// --- stream capture and graphs ------------------------------------------------------------------
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+  if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal &&
+      mode != cudaStreamCaptureModeRelaxed) {
+    return emu::Result(s, cudaErrorInvalidValue);
+  }
+  if (stream == nullptr) {
+    std::fprintf(stderr,
+                 "cuda-emu: cudaStreamBeginCapture on the legacy stream: capture needs a "
+                 "stream of cudaStreamCreate*\n");
+    return emu::Result(s, cudaErrorStreamCaptureUnsupported);
+  }
+  const auto it = s.streams.find(stream);
+  if (it == s.streams.end()) return emu::Result(s, cudaErrorInvalidResourceHandle);
+  if (emu::Capture* capture = emu::CaptureOf(s, stream); capture != nullptr) {
+    return emu::Forbid(s, cudaErrorIllegalState, "cudaStreamBeginCapture on a capturing stream",
+                       [capture](const emu::Capture& c) { return &c == capture; });
+  }
+  emu::Capture& c = s.captures[stream];
+  c.stream = stream;
+  c.mode = mode;
+  c.owner = std::this_thread::get_id();
+  c.blocking = (it->second & cudaStreamNonBlocking) == 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (graph == nullptr) return emu::Result(s, cudaErrorInvalidValue);
+  *graph = nullptr;
+  if (!KnownStream(s, stream)) return emu::Result(s, cudaErrorInvalidResourceHandle);
+  emu::Capture* capture = emu::CaptureOf(s, stream);
+  if (capture == nullptr) return emu::Result(s, cudaErrorIllegalState);
+  if (capture->mode != cudaStreamCaptureModeRelaxed && !emu::IsThisThread(*capture)) {
+    return emu::Result(s, cudaErrorStreamCaptureWrongThread);
+  }
+  const bool invalidated = capture->invalidated;
+  std::vector<CUgraphNode_st> nodes = std::move(capture->nodes);
+  s.captures.erase(stream);
+  if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+  if (invalidated) return emu::Result(s, cudaErrorStreamCaptureInvalidated);
+  *graph = new CUgraph_st{std::move(nodes)};
+  s.graphs.insert(*graph);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (status == nullptr) return emu::Result(s, cudaErrorInvalidValue);
+  if (!KnownStream(s, stream)) return emu::Result(s, cudaErrorInvalidResourceHandle);
+  if (stream == nullptr && emu::AnyCapture(s, [](const emu::Capture& c) { return c.blocking; })) {
+    return emu::Result(s, cudaErrorStreamCaptureImplicit);
+  }
+  const emu::Capture* capture = emu::CaptureOf(s, stream);
+  *status = capture == nullptr     ? cudaStreamCaptureStatusNone
+            : capture->invalidated ? cudaStreamCaptureStatusInvalidated
+                                   : cudaStreamCaptureStatusActive;
+  return emu::Result(s, cudaSuccess);
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (exec == nullptr) return emu::Result(s, cudaErrorInvalidValue);
+  *exec = nullptr;
+  // cudaGraphInstantiateFlag{AutoFreeOnLaunch, Upload, DeviceLaunch, UseNodePriority}.
+  if (s.graphs.count(graph) == 0 || (flags & ~0xfull) != 0) {
+    return emu::Result(s, cudaErrorInvalidValue);
+  }
+  if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+  *exec = new CUgraphExec_st{graph->nodes};  // a copy: the graph may be destroyed now
+  s.execs.insert(*exec);
+  return cudaSuccess;
+}
+
+// Succeeds when `graph` has the nodes of `exec` (count, and type in order; a memcpy node keeps
+// which sides are device memory); then every node takes the parameters of its counterpart,
+// kernels and grids included.
+cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph,
+                                cudaGraphExecUpdateResultInfo* info) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  const auto fail = [&](cudaGraphExecUpdateResult result, cudaGraphNode_t node, cudaError_t error) {
+    if (info != nullptr) *info = {result, node, nullptr};
+    return emu::Result(s, error);
+  };
+  if (s.execs.count(exec) == 0 || s.graphs.count(graph) == 0) {
+    return fail(cudaGraphExecUpdateError, nullptr, cudaErrorInvalidValue);
+  }
+  if (s.sticky != cudaSuccess) return fail(cudaGraphExecUpdateError, nullptr, s.sticky);
+  if (graph->nodes.size() != exec->nodes.size()) {
+    return fail(cudaGraphExecUpdateErrorTopologyChanged, nullptr, cudaErrorGraphExecUpdateFailure);
+  }
+  for (size_t i = 0; i < graph->nodes.size(); ++i) {
+    const CUgraphNode_st& to = graph->nodes[i];
+    const CUgraphNode_st& from = exec->nodes[i];
+    if (to.type != from.type) {
+      return fail(cudaGraphExecUpdateErrorNodeTypeChanged, &graph->nodes[i],
+                  cudaErrorGraphExecUpdateFailure);
+    }
+    if (to.type == CUgraphNode_st::Type::kMemcpy &&
+        (to.dst_device != from.dst_device || to.src_device != from.src_device)) {
+      return fail(cudaGraphExecUpdateErrorParametersChanged, &graph->nodes[i],
+                  cudaErrorGraphExecUpdateFailure);
+    }
+  }
+  exec->nodes = graph->nodes;
+  if (info != nullptr) *info = {cudaGraphExecUpdateSuccess, nullptr, nullptr};
+  return cudaSuccess;
+}
+
+// Runs the nodes in order on the calling thread, with the checks of direct execution.
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.execs.count(exec) == 0) return emu::Result(s, cudaErrorInvalidValue);
+  if (!KnownStream(s, stream)) return emu::Result(s, cudaErrorInvalidResourceHandle);
+  if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+  if (emu::Capture* capture = emu::CaptureOf(s, stream); capture != nullptr) {
+    return emu::FailCaptured(s, capture, cudaErrorStreamCaptureUnsupported,
+                             "cudaGraphLaunch into a capturing stream (child graph nodes are not "
+                             "emulated)");
+  }
+  if (stream == nullptr) {
+    const cudaError_t e = emu::CheckLegacyStream(s, "cudaGraphLaunch on the legacy stream");
+    if (e != cudaSuccess) return e;
+  }
+  const size_t count = exec->nodes.size();
+  for (size_t i = 0; i < count; ++i) {
+    if (!RunNode(s, exec->nodes[i], i, count)) return emu::Result(s, s.sticky);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.execs.erase(exec) == 0) return emu::Result(s, cudaErrorInvalidValue);
+  delete exec;
+  return emu::Result(s, cudaSuccess);
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.graphs.erase(graph) == 0) return emu::Result(s, cudaErrorInvalidValue);
+  delete graph;
+  return emu::Result(s, cudaSuccess);
+}
+
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* count) {
+  emu::State& s = emu::S();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (count == nullptr || s.graphs.count(graph) == 0) {
+    return emu::Result(s, cudaErrorInvalidValue);
+  }
+  const size_t n = graph->nodes.size();
+  if (nodes != nullptr) {
+    for (size_t i = 0; i < *count; ++i) nodes[i] = i < n ? &graph->nodes[i] : nullptr;
+    *count = std::min(*count, n);
+  } else {
+    *count = n;
+  }
+  return emu::Result(s, cudaSuccess);
 }

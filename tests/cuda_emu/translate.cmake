@@ -2,7 +2,8 @@
 #   cmake -DIN=kernels/cuda/x.cu -DOUT=build/.../x.cu.cc -P translate.cmake
 # - k<<<grid, block, smem, stream>>>(args)  ->  k | LaunchConfig(grid, block, smem, stream) |
 #   KernelArgs(args)   (the launch runs on the calling thread; see cuda_emu.h)
-# - extern __shared__ T name[];  ->  T* name = DynamicShared<T>();
+# - extern __shared__ [__align__(N)] T name[];  ->  T* name = DynamicShared<T>();  (the emulated
+#   dynamic shared memory is 128-byte aligned)
 # - the L2 prefetch hint (inline PTX) -> a no-op
 # Lines stay where they were, so compiler messages and fault reports point at the .cu line.
 # Anything else the emulation cannot run (other inline PTX) is an error naming the file.
@@ -16,8 +17,9 @@ if(NOT n_opens EQUAL n_closes)
 endif()
 string(REPLACE "<<<" " | ::cmoe::cuda_emu::LaunchConfig(" text "${text}")
 string(REPLACE ">>>(" ") | ::cmoe::cuda_emu::KernelArgs(" text "${text}")
-string(REGEX REPLACE "extern __shared__ ([A-Za-z_][A-Za-z0-9_:]*) ([A-Za-z_][A-Za-z0-9_]*)\\[\\];"
-       "\\1* \\2 = ::cmoe::cuda_emu::DynamicShared<\\1>();" text "${text}")
+string(REGEX REPLACE
+       "extern __shared__ (__align__\\([0-9]+\\) )?([A-Za-z_][A-Za-z0-9_: ]*[A-Za-z0-9_]) ([A-Za-z_][A-Za-z0-9_]*)\\[\\];"
+       "\\2* \\3 = ::cmoe::cuda_emu::DynamicShared<\\2>();" text "${text}")
 string(REGEX REPLACE
        "asm volatile\\(\"prefetch\\.global\\.L2 \\[%0\\];\" ::\"l\"\\(([^;]*)\\)\\);"
        "::cmoe::cuda_emu::PrefetchL2(\\1);" text "${text}")

@@ -58,6 +58,22 @@ void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsig
   }
 }
 
+// An accumulator tile from memory (f32, either layout).
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p,
+                             unsigned ldm, layout_t layout) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    ::cmoe::cuda_emu::Fault("wmma::load_matrix_sync: pointer not 256-bit aligned");
+  }
+  if ((ldm * sizeof(float)) % 16 != 0) {
+    ::cmoe::cuda_emu::Fault("wmma::load_matrix_sync: ldm not a multiple of 16 bytes");
+  }
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < 16; ++j) {
+      f.x[i * 16 + j] = layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i];
+    }
+  }
+}
+
 // A warp-collective op, as on the device: every lane holds the same tiles, so the lowest live
 // lane computes the product once and the others copy it (three warp exchanges instead of 32
 // copies of 4096 FMAs).

@@ -2,10 +2,12 @@
 // (S2A2E8), loaded with --device cuda and with --device cpu. Greedy generation must give the same
 // first 32 tokens, unless a divergence falls on a near-tie of the CPU's logits (top-2 margin
 // below 1e-3 of the logit range), which the test then reports instead of failing; perplexity on
-// held-out TinyStories text must agree to 0.5 %.
+// held-out TinyStories text must agree to 0.5 %. Decode steps run as CUDA graphs (updated, not
+// rebuilt, from step to step); a decode batch too large for them falls back to op by op.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -86,6 +88,12 @@ void ExpectSameAsCpu(const std::string& dir, const std::string& label) {
   ASSERT_TRUE(want.ok()) << want.status();
   ASSERT_TRUE(got.ok()) << got.status();
   ASSERT_EQ(got->tokens.size(), want->tokens.size()) << label;
+  // Every decode step ran as one CUDA graph, built once and then updated with each step's
+  // arguments (a graph per step would cost more than it saves).
+  const kernels::Backend::GraphStats graphs = gpu.model->backend().graph_stats();
+  EXPECT_GE(graphs.launched, kTokens - 1) << label;
+  EXPECT_LE(graphs.instantiated, 2) << label;
+  EXPECT_EQ(graphs.cancelled, 0) << label;
   for (size_t i = 0; i < want->tokens.size(); ++i) {
     if (got->tokens[i] == want->tokens[i]) continue;
     std::vector<int32_t> context = prompt;
@@ -126,6 +134,60 @@ TEST_P(CudaModelTest, CarvedMatchesTheCpu) {
   testing::ScratchDir scratch;
   const std::string dir = testing::CarveSharedModel(GetParam(), 8, 2, 2, scratch.Join("S2A2E8"));
   ExpectSameAsCpu(dir, GetParam() + " S2A2E8");
+}
+
+// One decode step of `tokens` (one per sequence) at `positions`; the logits of every sequence.
+std::vector<float> DecodeStep(LoadedModel& m, const std::vector<int32_t>& tokens,
+                              const std::vector<int64_t>& positions,
+                              std::vector<SequenceBlocks>& blocks) {
+  std::vector<SequenceChunk> chunks;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    CMOE_CHECK(m.cache->Reserve(blocks[i], positions[i] + 1).ok());
+    chunks.push_back({.tokens = {&tokens[i], 1}, .start_pos = positions[i], .blocks = &blocks[i]});
+  }
+  ForwardOutput out;
+  const absl::Status s = m.model->Forward(chunks, *m.cache, out);
+  CMOE_CHECK(s.ok()) << s;
+  return out.logits;
+}
+
+// A decode batch large enough that the routed experts take the cuBLAS grouped GEMM, which reads
+// the group sizes on the host: the step falls back to op by op (the recording is cancelled, its
+// ops run again) and gives exactly the logits of a model with graphs off; later steps that large
+// do not try a graph again, smaller ones do.
+TEST(CudaModelGraphs, LargeDecodeBatchFallsBackToOpByOp) {
+  std::string reason;
+  if (!HaveGpu(&reason)) GTEST_SKIP() << reason;
+  testing::ScratchDir scratch;
+  // S2A2E8: 6 routed experts, k = 2; the grouped GEMV takes up to 8 * 6 = 48 slots (24 tokens).
+  const std::string dir = testing::CarveSharedModel("stories260K", 8, 2, 2, scratch.Join("c"));
+  LoadedModel graphed = Load(dir, "cuda");
+  ASSERT_EQ(setenv("CMOE_CUDA_GRAPHS", "off", 1), 0);
+  LoadedModel eager = Load(dir, "cuda");
+  unsetenv("CMOE_CUDA_GRAPHS");
+  constexpr size_t kBatch = 32;
+  std::vector<SequenceBlocks> blocks_g(kBatch), blocks_e(kBatch);
+  std::vector<int32_t> tokens(kBatch);
+  std::vector<int64_t> positions(kBatch);
+  for (int step = 0; step < 3; ++step) {
+    const size_t batch = step < 2 ? kBatch : 4;
+    tokens.resize(batch);
+    positions.resize(batch);
+    for (size_t i = 0; i < batch; ++i) {
+      tokens[i] = static_cast<int32_t>((i * 37 + step * 11) % 500 + 1);
+      positions[i] = static_cast<int64_t>(step);
+    }
+    const std::vector<float> got = DecodeStep(graphed, tokens, positions, blocks_g);
+    const std::vector<float> want = DecodeStep(eager, tokens, positions, blocks_e);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(got, want) << "step " << step;
+  }
+  const kernels::Backend::GraphStats stats = graphed.model->backend().graph_stats();
+  EXPECT_EQ(stats.cancelled, 1) << "the first large step records once, the second not at all";
+  EXPECT_EQ(stats.launched, 1) << "the small step runs as a graph";
+  EXPECT_EQ(eager.model->backend().graph_stats().launched, 0);
+  for (SequenceBlocks& b : blocks_g) graphed.cache->Release(b);
+  for (SequenceBlocks& b : blocks_e) eager.cache->Release(b);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSharedModels, CudaModelTest,
