@@ -9,10 +9,11 @@
 
 namespace cmoe::engine {
 
-int64_t DefaultKvCacheTokens(const ModelConfig& config, int64_t max_running) {
+int64_t DefaultKvCacheTokens(const ModelConfig& config, int64_t max_running, kernels::DType dtype) {
   const int64_t context = config.max_position_embeddings;
-  const int64_t bytes_per_token = std::max<int64_t>(
-      1, 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4);
+  const int64_t bytes_per_token =
+      std::max<int64_t>(1, 2 * config.num_hidden_layers * config.num_key_value_heads *
+                               config.head_dim * static_cast<int64_t>(kernels::DTypeSize(dtype)));
   const int64_t cap = std::max<int64_t>(context, (int64_t{4} << 30) / bytes_per_token);
   // Clamped before multiplying: an absurd max_running must not overflow.
   const int64_t running =
@@ -20,9 +21,17 @@ int64_t DefaultKvCacheTokens(const ModelConfig& config, int64_t max_running) {
   return std::min(running * context, cap);
 }
 
-int64_t KvCache::BytesPerBlock(const ModelConfig& config, int32_t block_size) {
+absl::StatusOr<kernels::DType> ParseKvCacheDType(std::string_view name) {
+  if (name == "f32") return kernels::DType::kF32;
+  if (name == "bf16") return kernels::DType::kBF16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("KV cache dtype \"", std::string(name), "\": expected f32 or bf16"));
+}
+
+int64_t KvCache::BytesPerBlock(const ModelConfig& config, int32_t block_size,
+                               kernels::DType dtype) {
   return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim *
-         static_cast<int64_t>(sizeof(float));
+         static_cast<int64_t>(kernels::DTypeSize(dtype));
 }
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& config,
@@ -37,21 +46,26 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
         absl::StrCat("KV cache: ", options.num_blocks, " blocks of ", options.block_size,
                      " positions exceed 2^31 - 1 slots; use a smaller cache"));
   }
+  if (options.dtype != kernels::DType::kF32 && options.dtype != kernels::DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache: dtype ", std::string(kernels::DTypeName(options.dtype)), "; F32 or BF16"));
+  }
   std::unique_ptr<KvCache> cache(new KvCache());
   cache->block_size_ = options.block_size;
   cache->num_blocks_ = options.num_blocks;
   cache->num_layers_ = config.num_hidden_layers;
   cache->n_kv_heads_ = static_cast<int32_t>(config.num_key_value_heads);
   cache->head_dim_ = static_cast<int32_t>(config.head_dim);
-  cache->layer_stride_ =
-      options.num_blocks * options.block_size * config.num_key_value_heads * config.head_dim;
-  const int64_t floats = cache->layer_stride_ * config.num_hidden_layers;
+  cache->dtype_ = options.dtype;
+  cache->layer_bytes_ = options.num_blocks * options.block_size * config.num_key_value_heads *
+                        config.head_dim * static_cast<int64_t>(kernels::DTypeSize(options.dtype));
+  const int64_t bytes = cache->layer_bytes_ * config.num_hidden_layers;
   if (options.memory != nullptr) {
     const auto allocate = [&](kernels::Buffer& buffer) -> absl::Status {
-      absl::StatusOr<kernels::Buffer> b = options.memory->Allocate(floats * 4);
+      absl::StatusOr<kernels::Buffer> b = options.memory->Allocate(bytes);
       if (!b.ok()) {
         return absl::ResourceExhaustedError(
-            absl::StrCat("KV cache: cannot allocate ", 2 * floats * 4, " bytes on ",
+            absl::StrCat("KV cache: cannot allocate ", 2 * bytes, " bytes on ",
                          std::string(options.memory->Name()), ": ", b.status().message()));
       }
       buffer = std::move(b).value();
@@ -59,17 +73,18 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
     };
     CMOE_RETURN_IF_ERROR(allocate(cache->device_k_));
     CMOE_RETURN_IF_ERROR(allocate(cache->device_v_));
-    cache->k_ = cache->device_k_.as<float>();
-    cache->v_ = cache->device_v_.as<float>();
+    cache->k_ = cache->device_k_.as<char>();
+    cache->v_ = cache->device_v_.as<char>();
   } else {
-    cache->host_k_.reset(new (std::nothrow) float[static_cast<size_t>(floats)]);
-    cache->host_v_.reset(new (std::nothrow) float[static_cast<size_t>(floats)]);
+    const auto floats = static_cast<size_t>((bytes + 3) / 4);
+    cache->host_k_.reset(new (std::nothrow) float[floats]);
+    cache->host_v_.reset(new (std::nothrow) float[floats]);
     if (cache->host_k_ == nullptr || cache->host_v_ == nullptr) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("KV cache: cannot allocate ", 2 * floats * 4, " bytes"));
+          absl::StrCat("KV cache: cannot allocate ", 2 * bytes, " bytes"));
     }
-    cache->k_ = cache->host_k_.get();
-    cache->v_ = cache->host_v_.get();
+    cache->k_ = reinterpret_cast<char*>(cache->host_k_.get());
+    cache->v_ = reinterpret_cast<char*>(cache->host_v_.get());
   }
   cache->free_.reserve(static_cast<size_t>(options.num_blocks));
   for (int64_t b = options.num_blocks - 1; b >= 0; --b) {
@@ -79,8 +94,9 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelConfig& conf
 }
 
 kernels::PagedKvLayer KvCache::Layer(int64_t layer) {
-  return kernels::PagedKvLayer{.k = k_ + layer * layer_stride_,
-                               .v = v_ + layer * layer_stride_,
+  return kernels::PagedKvLayer{.k = k_ + layer * layer_bytes_,
+                               .v = v_ + layer * layer_bytes_,
+                               .dtype = dtype_,
                                .num_blocks = num_blocks_,
                                .block_size = block_size_,
                                .n_kv_heads = n_kv_heads_,

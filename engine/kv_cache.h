@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -26,6 +27,9 @@ namespace cmoe::engine {
 struct KvCacheOptions {
   int32_t block_size = 16;  // positions per block
   int64_t num_blocks = 0;   // blocks in the pool (shared by all sequences)
+  // kF32, or kBF16: half the memory (twice the positions in the same bytes) and half the
+  // attention's cache reads, keys and values rounded to BF16 when stored.
+  kernels::DType dtype = kernels::DType::kF32;
   // Where the pool lives: null for host memory, else memory of this backend (a GPU's), which
   // must outlive the cache.
   kernels::Backend* memory = nullptr;
@@ -38,18 +42,25 @@ struct SequenceBlocks {
 };
 
 // The default capacity of a serving cache, in positions: room for `max_running` full contexts,
-// capped at 4 GiB of f32 keys and values (but at least one context).
-int64_t DefaultKvCacheTokens(const ModelConfig& config, int64_t max_running);
+// capped at 4 GiB of keys and values in `dtype` (but at least one context).
+int64_t DefaultKvCacheTokens(const ModelConfig& config, int64_t max_running,
+                             kernels::DType dtype = kernels::DType::kF32);
+
+// "f32" / "bf16" (the --kv-cache-dtype spellings) -> the dtype; InvalidArgument naming the
+// accepted values otherwise.
+absl::StatusOr<kernels::DType> ParseKvCacheDType(std::string_view name);
 
 class KvCache {
  public:
-  // Allocates num_blocks * BytesPerBlock(config, block_size) bytes. InvalidArgument for
-  // non-positive sizes; ResourceExhausted when the allocation fails.
+  // Allocates num_blocks * BytesPerBlock(config, block_size, dtype) bytes. InvalidArgument for
+  // non-positive sizes or a dtype other than F32 / BF16; ResourceExhausted when the allocation
+  // fails.
   static absl::StatusOr<std::unique_ptr<KvCache>> Create(const ModelConfig& config,
                                                          const KvCacheOptions& options);
 
-  // Bytes one block takes over all layers (keys and values, f32).
-  static int64_t BytesPerBlock(const ModelConfig& config, int32_t block_size);
+  // Bytes one block takes over all layers (keys and values in `dtype`).
+  static int64_t BytesPerBlock(const ModelConfig& config, int32_t block_size,
+                               kernels::DType dtype = kernels::DType::kF32);
 
   // The pool slice of layer `layer` for the backend.
   kernels::PagedKvLayer Layer(int64_t layer);
@@ -64,6 +75,7 @@ class KvCache {
   int32_t Slot(const SequenceBlocks& seq, int64_t pos) const;
 
   int32_t block_size() const { return block_size_; }
+  kernels::DType dtype() const { return dtype_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t num_free_blocks() const { return static_cast<int64_t>(free_.size()); }
   // Blocks needed to hold `length` positions.
@@ -77,16 +89,17 @@ class KvCache {
   int64_t num_layers_ = 0;
   int32_t n_kv_heads_ = 0;
   int32_t head_dim_ = 0;
-  int64_t layer_stride_ = 0;  // floats per layer for k (and for v)
-  // (layers, num_blocks * block_size, n_kv_heads, head_dim). Left uninitialised: a position is
-  // always written before attention reads it, and untouched pages cost no memory, so a pool sized
-  // for a full context only takes what sequences use.
-  std::unique_ptr<float[]> host_k_;
+  kernels::DType dtype_ = kernels::DType::kF32;
+  int64_t layer_bytes_ = 0;  // bytes per layer for k (and for v)
+  // (layers, num_blocks * block_size, n_kv_heads, head_dim) of dtype_. Left uninitialised: a
+  // position is always written before attention reads it, and untouched pages cost no memory, so
+  // a pool sized for a full context only takes what sequences use.
+  std::unique_ptr<float[]> host_k_;  // floats, for their alignment
   std::unique_ptr<float[]> host_v_;
   kernels::Buffer device_k_;  // when options.memory is set
   kernels::Buffer device_v_;
-  float* k_ = nullptr;
-  float* v_ = nullptr;
+  char* k_ = nullptr;
+  char* v_ = nullptr;
   std::vector<int32_t> free_;  // free block indices, used as a stack
 };
 

@@ -38,6 +38,7 @@ absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
       loaded.cache,
       KvCache::Create(config, {.block_size = options.kv_block_size,
                                .num_blocks = blocks,
+                               .dtype = options.kv_cache_dtype,
                                .memory = backend_ref.IsDevice() ? &backend_ref : nullptr}));
   return loaded;
 }

@@ -24,6 +24,8 @@ struct LoadOptions {
   int32_t kv_block_size = 16;
   // Positions the KV cache holds over all sequences; <= 0: one full context.
   int64_t kv_cache_tokens = 0;
+  // F32, or BF16 (KvCacheOptions::dtype: half the bytes per position).
+  kernels::DType kv_cache_dtype = kernels::DType::kF32;
   bool load_tokenizer = true;
   // Map every weight page at load (the time goes to loading, not to the first requests that
   // touch each routed expert). Off leaves pages to fault in on first use.

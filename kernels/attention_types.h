@@ -6,13 +6,17 @@
 #include <cstdint>
 #include <span>
 
+#include "kernels/dtype.h"
+
 namespace cmoe::kernels {
 
 // One layer's slice of the paged KV cache. Slot s (= block * block_size + offset) holds the key
-// and value of one position: k[s, kv_head, :] and v[s, kv_head, :].
+// and value of one position: k[s, kv_head, :] and v[s, kv_head, :], in `dtype`: F32, or BF16
+// (half the memory and bandwidth; KvWrite rounds to nearest even, attention widens to f32).
 struct PagedKvLayer {
-  float* k = nullptr;  // (num_blocks * block_size, n_kv_heads, head_dim) f32, read/written
-  float* v = nullptr;  // (num_blocks * block_size, n_kv_heads, head_dim) f32, read/written
+  void* k = nullptr;  // (num_blocks * block_size, n_kv_heads, head_dim) dtype, read/written
+  void* v = nullptr;  // (num_blocks * block_size, n_kv_heads, head_dim) dtype, read/written
+  DType dtype = DType::kF32;
   int64_t num_blocks = 0;
   int32_t block_size = 0;
   int32_t n_kv_heads = 0;

@@ -199,11 +199,19 @@ absl::Status ValidateEmbedding(const WeightView& table, std::span<const int32_t>
   return absl::OkStatus();
 }
 
+absl::Status ValidateKvCacheDType(const char* op, const PagedKvLayer& cache) {
+  if (cache.dtype == DType::kF32 || cache.dtype == DType::kBF16) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(op, ": a KV cache of ",
+                                                 std::string(DTypeName(cache.dtype)),
+                                                 "; the kernels take F32 or BF16"));
+}
+
 absl::Status ValidateAttention(const AttentionParams& p) {
   const PagedKvLayer& c = p.cache;
   if (p.q == nullptr || p.out == nullptr || c.k == nullptr || c.v == nullptr) {
     return absl::InvalidArgumentError("Attention: null q, out or cache pointer");
   }
+  if (absl::Status s = ValidateKvCacheDType("Attention", c); !s.ok()) return s;
   if (c.n_kv_heads <= 0 || c.head_dim <= 0 || c.block_size <= 0 || p.n_heads <= 0 ||
       p.n_heads % c.n_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("Attention: n_heads ", p.n_heads,

@@ -126,8 +126,9 @@ class Backend {
   // out = silu(gate) * up elementwise over `count` floats; out may alias gate or up.
   virtual absl::Status SiluMul(const float* gate, const float* up, int64_t count, float* out) = 0;
 
-  // Stores the keys and values of T new positions: k/v (T, n_kv_heads, head_dim) go to
-  // cache slots slots[t]. A slot outside the cache is InvalidArgument.
+  // Stores the keys and values of T new positions: k/v (T, n_kv_heads, head_dim) f32 go to
+  // cache slots slots[t], rounded to nearest even for a BF16 cache. A slot outside the cache or a
+  // cache dtype other than F32 / BF16 is InvalidArgument.
   virtual absl::Status KvWrite(const float* k, const float* v, std::span<const int32_t> slots,
                                const PagedKvLayer& cache) = 0;
 
@@ -187,8 +188,12 @@ absl::Status ValidateMatMul(const float* x, int64_t num_rows, const WeightView& 
 // Validation shared by every backend's Embedding: every id inside [0, table.rows).
 absl::Status ValidateEmbedding(const WeightView& table, std::span<const int32_t> ids);
 
+// A KV cache of F32 or BF16 (the dtypes every backend's KvWrite and Attention take); `op` names
+// the caller in the InvalidArgument.
+absl::Status ValidateKvCacheDType(const char* op, const PagedKvLayer& cache);
+
 // Validation shared by every backend's Attention: shapes, GQA divisibility, row ranges and block
-// tables that cover each sequence's context.
+// tables that cover each sequence's context, the cache's dtype.
 absl::Status ValidateAttention(const AttentionParams& params);
 
 }  // namespace cmoe::kernels

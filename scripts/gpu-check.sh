@@ -50,7 +50,9 @@
 #              + written) measured in the same run
 #              then the dense model alone at batches 1, 8, 32 with CMOE_CUDA_GRAPHS=off (decode
 #              steps op by op instead of one CUDA graph each), for the graphs' speed-up
-#   prefill    cmoe-bench prefill --device cuda:0 --tokens 2048, dense --compare S2A2E16,S3A3E8
+#   prefill    cmoe-bench prefill --device cuda:0 --tokens 2048, dense --compare S2A2E16,S3A3E8,
+#              then dense alone with CMOE_CUDA_PREFILL_ATTENTION=cuda-core (attention on the f32
+#              kernel instead of the tensor-core tiles), for the tiles' speed-up
 #   cleanup    the checkpoints are deleted (also when the script is interrupted)
 #   summary    the e2e figures and the GPU targets of docs/performance.md: S2A2E16 >= 1.7x dense at
 #              decode batch 1, no carved model below 0.95x at any batch, dense batch 1 >= 75 % of
@@ -512,6 +514,10 @@ run_e2e() {
   if [[ $HAVE_GPU == 1 ]]; then
     json_step prefill cmoe-bench-prefill "$E2E_CAP_PREFILL" "$e/prefill.log" "$e/prefill.json" \
       "$BIN/cmoe-bench" prefill --device cuda:0 "${common[@]}" --tokens 2048 --repeats 5 --json
+    # The dense prefill again with attention on the f32 kernel: what the tensor-core tiles give.
+    json_step prefill cmoe-bench-prefill-cuda-core-attention 40 "$e/prefill_cuda_core.log" \
+      "$e/prefill_cuda_core.json" env CMOE_CUDA_PREFILL_ATTENTION=cuda-core "$BIN/cmoe-bench" \
+      prefill --device cuda:0 --model "$WORK/dense" --tokens 2048 --repeats 3 --json
   else
     json_step prefill cmoe-bench-prefill-cpu-smoke 60 "$e/prefill.log" "$e/prefill.json" \
       "$BIN/cmoe-bench" prefill --device cpu --threads 2 "${common[@]}" --tokens 256 \

@@ -358,6 +358,13 @@ def e2e_section(detail, steps, gpu_name, failures, notes, summary):
                          f"tok/s, {m['gflops'] / 1e3:.1f} TFLOP/s, {m.get('speedup', 1.0):.2f}x)")
         lines.append(f"Prefill {pj.get('tokens')} tokens on {pj.get('backend', '?')}: "
                      + "; ".join(parts) + smoke)
+        f32, _ = read_prefill(os.path.join(e, "prefill_cuda_core.json"))
+        if f32 and "dense" in f32 and "dense" in prefill:
+            tc, cc = prefill["dense"]["median_seconds"], f32["dense"]["median_seconds"]
+            lines.append(f"Prefill attention, dense: {tc * 1e3:.1f} ms with the tensor-core tiles "
+                         f"vs {cc * 1e3:.1f} ms on the f32 kernel (CMOE_CUDA_PREFILL_ATTENTION="
+                         f"cuda-core, a second run): {cc / tc:.2f}x")
+            summary["e2e"]["prefill_cuda_core_attention"] = f32
     if have_gpu:
         summary["targets"] = e2e_targets(runs, common, prefill, pj, gpu_name)
         lines.append("Targets (docs/performance.md, GPU rows, end to end):")

@@ -3,7 +3,8 @@
 //
 //   cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N]
 //              [--max-batch-tokens 512] [--max-running 64] [--max-waiting 256]
-//              [--kv-cache-tokens N | --kv-cache-bytes 2GiB] [--drain-timeout 30]
+//              [--kv-cache-tokens N | --kv-cache-bytes 2GiB] [--kv-cache-dtype f32|bf16]
+//              [--drain-timeout 30]
 //              [--metrics-port 9464]
 //
 // The server starts (health NOT_SERVING, Inference RPCs UNAVAILABLE) before the model loads and
@@ -60,6 +61,9 @@ ABSL_FLAG(int64_t, kv_cache_tokens, 0,
 ABSL_FLAG(std::string, kv_cache_bytes, "",
           "KV cache size in bytes instead of --kv-cache-tokens: a number with an optional "
           "K/KiB, M/MiB, G/GiB suffix (binary multiples), e.g. 2GiB");
+ABSL_FLAG(std::string, kv_cache_dtype, "f32",
+          "KV cache element type: f32, or bf16 (half the bytes per position: twice the positions "
+          "in the same memory, keys and values rounded to bf16)");
 ABSL_FLAG(double, drain_timeout, 30, "Seconds to let in-flight requests finish on SIGTERM");
 ABSL_FLAG(int32_t, metrics_port, 9464,
           "Port of the Prometheus /metrics endpoint, on --host (0: pick a free port; -1: off)");
@@ -161,6 +165,8 @@ absl::Status Run() {
   }
   // Fail fast on a bad directory, before the server starts listening.
   CMOE_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(model_dir));
+  CMOE_ASSIGN_OR_RETURN(const kernels::DType kv_dtype,
+                        engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
   int64_t kv_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
   if (kv_tokens < 0) return absl::InvalidArgumentError("--kv-cache-tokens must be >= 0");
   if (const std::string bytes_flag = absl::GetFlag(FLAGS_kv_cache_bytes); !bytes_flag.empty()) {
@@ -170,7 +176,7 @@ absl::Status Run() {
     CMOE_ASSIGN_OR_RETURN(const int64_t bytes, ParseByteSize("kv-cache-bytes", bytes_flag));
     // Whole blocks of the engine's block size.
     const int32_t block = engine::LoadOptions{}.kv_block_size;
-    const int64_t block_bytes = engine::KvCache::BytesPerBlock(config, block);
+    const int64_t block_bytes = engine::KvCache::BytesPerBlock(config, block, kv_dtype);
     kv_tokens = bytes / block_bytes * block;
     if (kv_tokens == 0) {
       return absl::InvalidArgumentError(absl::StrCat("--kv-cache-bytes ", bytes_flag,
@@ -178,7 +184,9 @@ absl::Status Run() {
                                                      block_bytes, " bytes for this model)"));
     }
   }
-  if (kv_tokens == 0) kv_tokens = engine::DefaultKvCacheTokens(config, engine_options.max_running);
+  if (kv_tokens == 0) {
+    kv_tokens = engine::DefaultKvCacheTokens(config, engine_options.max_running, kv_dtype);
+  }
   // The cache addresses positions with 32-bit slots: refuse a bigger one before listening.
   if (kv_tokens > std::numeric_limits<int32_t>::max() - engine::LoadOptions{}.kv_block_size) {
     return absl::InvalidArgumentError(
@@ -245,7 +253,8 @@ absl::Status Run() {
       engine::LoadModel({.model_dir = model_dir,
                          .device = absl::GetFlag(FLAGS_device),
                          .threads = absl::GetFlag(FLAGS_threads),
-                         .kv_cache_tokens = kv_tokens});
+                         .kv_cache_tokens = kv_tokens,
+                         .kv_cache_dtype = kv_dtype});
   std::function<void(const engine::StepReport&)> on_step;
   if (metrics != nullptr) {
     on_step = [m = metrics.get()](const engine::StepReport& report) { m->OnStep(report); };
@@ -300,7 +309,7 @@ int main(int argc, char** argv) {
       argc, argv,
       "cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N] "
       "[--max-batch-tokens 512] [--max-running 64] [--max-waiting 256] [--kv-cache-tokens N | "
-      "--kv-cache-bytes SIZE] "
+      "--kv-cache-bytes SIZE] [--kv-cache-dtype f32|bf16] "
       "[--drain-timeout 30] [--model-name NAME] [--metrics-port 9464]");
   if (!args.empty()) {
     return cmoe::tools::Fail("cmoe-serve",

@@ -53,6 +53,7 @@ ABSL_FLAG(std::string, device, "cpu", "Backend: cpu | reference | cuda[:N]");
 ABSL_FLAG(int64_t, bandwidth_mib, 1024,
           "Buffer size for the bandwidth measurement (host read; cuda: the copy's source)");
 ABSL_FLAG(bool, json, false, "Print one JSON object (one per batch of a --batch list)");
+ABSL_FLAG(std::string, kv_cache_dtype, "f32", "KV cache element type: f32 | bf16");
 
 namespace cmoe::tools {
 namespace {
@@ -69,11 +70,14 @@ double Median(std::vector<double> v) {
 
 absl::StatusOr<engine::LoadedModel> Load(const std::string& dir, int64_t cache_tokens) {
   CMOE_RETURN_IF_ERROR(RequireFlag("model", dir));
+  CMOE_ASSIGN_OR_RETURN(const kernels::DType kv_dtype,
+                        engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
   return engine::LoadModel({.model_dir = dir,
                             .device = absl::GetFlag(FLAGS_device),
                             .threads = absl::GetFlag(FLAGS_threads),
                             .kv_block_size = kKvBlock,
                             .kv_cache_tokens = cache_tokens,
+                            .kv_cache_dtype = kv_dtype,
                             .load_tokenizer = false});
 }
 
@@ -157,9 +161,12 @@ void Print(const nlohmann::json& j, const std::string& line) {
 // A KV cache of `tokens` positions in the memory of the model's backend.
 absl::StatusOr<std::unique_ptr<engine::KvCache>> MakeCache(engine::Model& model, int64_t tokens) {
   kernels::Backend& backend = model.backend();
+  CMOE_ASSIGN_OR_RETURN(const kernels::DType dtype,
+                        engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
   return engine::KvCache::Create(model.config(),
                                  {.block_size = kKvBlock,
                                   .num_blocks = (tokens + kKvBlock - 1) / kKvBlock,
+                                  .dtype = dtype,
                                   .memory = backend.IsDevice() ? &backend : nullptr});
 }
 

@@ -28,6 +28,7 @@ ABSL_FLAG(int64_t, ctx, 0, "Window length in tokens (0: the model's context)");
 ABSL_FLAG(int64_t, max_windows, 0, "Evaluate at most this many windows (0: all)");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads (0: all cores)");
 ABSL_FLAG(std::string, device, "cpu", "Backend: cpu | reference | cuda[:N]");
+ABSL_FLAG(std::string, kv_cache_dtype, "f32", "KV cache element type: f32 | bf16");
 ABSL_FLAG(bool, json, false, "Print one JSON object");
 
 namespace cmoe::tools {
@@ -66,10 +67,13 @@ absl::Status RunPerplexity() {
   if (!absl::GetFlag(FLAGS_text_range).empty()) {
     CMOE_ASSIGN_OR_RETURN(text, SliceText(text, absl::GetFlag(FLAGS_text_range)));
   }
+  CMOE_ASSIGN_OR_RETURN(const kernels::DType kv_dtype,
+                        engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
   CMOE_ASSIGN_OR_RETURN(engine::LoadedModel m,
                         engine::LoadModel({.model_dir = absl::GetFlag(FLAGS_model),
                                            .device = absl::GetFlag(FLAGS_device),
-                                           .threads = absl::GetFlag(FLAGS_threads)}));
+                                           .threads = absl::GetFlag(FLAGS_threads),
+                                           .kv_cache_dtype = kv_dtype}));
   const auto& cmoe = m.model->config().cmoe;
   CMOE_RETURN_IF_ERROR(CheckActiveExperts(absl::GetFlag(FLAGS_active_experts),
                                           cmoe ? cmoe->num_routed() : 0, cmoe ? cmoe->Name() : ""));

@@ -31,6 +31,7 @@ ABSL_FLAG(int32_t, active_experts, 0,
           "Carved models: routed experts per token, 1..N_r (0: the checkpoint's default)");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads (0: all cores)");
 ABSL_FLAG(std::string, device, "cpu", "Backend: cpu | reference | cuda[:N]");
+ABSL_FLAG(std::string, kv_cache_dtype, "f32", "KV cache element type: f32 | bf16");
 ABSL_FLAG(bool, json, false, "Print one JSON object instead of the text");
 
 namespace cmoe::tools {
@@ -77,10 +78,13 @@ void PrintJson(const std::string& text, const std::vector<int32_t>& prompt,
 
 absl::Status Run() {
   CMOE_RETURN_IF_ERROR(RequireFlag("model", absl::GetFlag(FLAGS_model)));
+  CMOE_ASSIGN_OR_RETURN(const kernels::DType kv_dtype,
+                        engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
   CMOE_ASSIGN_OR_RETURN(engine::LoadedModel m,
                         engine::LoadModel({.model_dir = absl::GetFlag(FLAGS_model),
                                            .device = absl::GetFlag(FLAGS_device),
-                                           .threads = absl::GetFlag(FLAGS_threads)}));
+                                           .threads = absl::GetFlag(FLAGS_threads),
+                                           .kv_cache_dtype = kv_dtype}));
   const auto& cmoe = m.model->config().cmoe;
   CMOE_RETURN_IF_ERROR(CheckActiveExperts(absl::GetFlag(FLAGS_active_experts),
                                           cmoe ? cmoe->num_routed() : 0, cmoe ? cmoe->Name() : ""));

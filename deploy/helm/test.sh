@@ -121,6 +121,9 @@ for values in "$here"/tests/values/*.yaml; do
   scenario_args+=(-f "$values")
 done
 # The default KEDA query, rendered by tpl, names the release's namespace and Service.
+render_ok kv-cache-bf16 --set server.kvCacheDtype=bf16
+grep -qF -- '- "--kv-cache-dtype=bf16"' "$rendered/kv-cache-bf16.yaml" ||
+  fail "kv-cache-bf16: server.kvCacheDtype does not reach --kv-cache-dtype"
 render_ok release-in-namespace --name prod --namespace inference --set autoscaling.keda.enabled=true
 grep -qF 'query: "sum(cmoe_waiting_requests{namespace=\"inference\", service=\"prod-cmoe-serve\"})"' \
   "$rendered/release-in-namespace.yaml" ||
@@ -142,6 +145,7 @@ invalid=(
   "model name with a slash|model.name \"../etc\" must be one path component|--set model.name=../etc"
   "kv cache twice|server.kvCacheTokens and server.kvCacheBytes are exclusive|--set server.kvCacheTokens=4096 --set server.kvCacheBytes=1GiB"
   "kv cache in Kubernetes units|server.kvCacheBytes \"2Gi\"|--set server.kvCacheBytes=2Gi"
+  "kv cache dtype|server.kvCacheDtype \"fp8\": f32 or bf16|--set server.kvCacheDtype=fp8"
   "no GPU|gpu.count must be at least 1|--set gpu.enabled=true --set gpu.count=0"
   "autoscaling range|want 1 <= minReplicas (5) <= maxReplicas (2)|--set autoscaling.hpa.enabled=true --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=2"
   "autoscaling from zero|want 1 <= minReplicas (0)|--set autoscaling.keda.enabled=true --set autoscaling.minReplicas=0"

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/half.h"
 #include "common/status.h"
 #include "common/thread_pool.h"
 #include "kernels/cpu/moe_ops_host.h"
@@ -45,7 +46,7 @@ float* Scratch(std::vector<float>& buffer, int64_t n) {
   if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n));
   return buffer.data();
 }
-thread_local std::vector<float> tls_pack_w, tls_tile, tls_scores, tls_rope;
+thread_local std::vector<float> tls_pack_w, tls_tile, tls_scores, tls_rope, tls_kv;
 
 // Runs body(c) for every c in [0, chunks) on the pool's threads, each thread claiming the next
 // chunk when it finishes one: on a shared machine a preempted thread then delays only its current
@@ -314,6 +315,7 @@ absl::Status CpuBackend::SiluMul(const float* gate, const float* up, int64_t cou
 
 absl::Status CpuBackend::KvWrite(const float* k, const float* v, std::span<const int32_t> slots,
                                  const PagedKvLayer& cache) {
+  CMOE_RETURN_IF_ERROR(ValidateKvCacheDType("KvWrite", cache));
   const int64_t width = static_cast<int64_t>(cache.n_kv_heads) * cache.head_dim;
   const int64_t num_slots = cache.num_blocks * cache.block_size;
   for (size_t t = 0; t < slots.size(); ++t) {
@@ -322,10 +324,21 @@ absl::Status CpuBackend::KvWrite(const float* k, const float* v, std::span<const
           absl::StrCat("KvWrite: slot ", slots[t], " outside the cache of ", num_slots));
     }
   }
-  const auto bytes = static_cast<size_t>(width) * sizeof(float);
   for (size_t t = 0; t < slots.size(); ++t) {
-    std::memcpy(cache.k + slots[t] * width, k + static_cast<int64_t>(t) * width, bytes);
-    std::memcpy(cache.v + slots[t] * width, v + static_cast<int64_t>(t) * width, bytes);
+    const float* src_k = k + static_cast<int64_t>(t) * width;
+    const float* src_v = v + static_cast<int64_t>(t) * width;
+    if (cache.dtype == DType::kBF16) {
+      auto* dst_k = static_cast<uint16_t*>(cache.k) + slots[t] * width;
+      auto* dst_v = static_cast<uint16_t*>(cache.v) + slots[t] * width;
+      for (int64_t i = 0; i < width; ++i) {
+        dst_k[i] = FloatToBf16(src_k[i]);
+        dst_v[i] = FloatToBf16(src_v[i]);
+      }
+    } else {
+      const auto bytes = static_cast<size_t>(width) * sizeof(float);
+      std::memcpy(static_cast<float*>(cache.k) + slots[t] * width, src_k, bytes);
+      std::memcpy(static_cast<float*>(cache.v) + slots[t] * width, src_v, bytes);
+    }
   }
   return absl::OkStatus();
 }
@@ -338,12 +351,39 @@ void CpuBackend::AttendHeads(const AttentionParams& p, const AttentionSequence& 
   const int64_t kv_head = h0 / (p.n_heads / c.n_kv_heads);
   const int64_t row = seq.first_row + i;
   const int64_t positions = seq.context_len - seq.num_tokens + i + 1;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t slot_stride = c.n_kv_heads * hd;
+  const int32_t* block_table = seq.block_table.data();
+  int32_t block_size = c.block_size;
+  static constexpr int32_t kOneBlock[1] = {0};
+  if (c.dtype == DType::kBF16) {
+    // The kv head's keys and values for these positions, widened into one contiguous block.
+    float* wk = Scratch(tls_kv, 2 * positions * hd);
+    float* wv = wk + positions * hd;
+    const WidenFn widen = k_.widen[kWeightBf16];
+    for (int64_t j = 0; j < positions; ++j) {
+      const int64_t slot =
+          static_cast<int64_t>(block_table[j / block_size]) * block_size + j % block_size;
+      const int64_t at = (slot * c.n_kv_heads + kv_head) * hd;
+      widen(static_cast<const uint16_t*>(c.k) + at, hd, wk + j * hd);
+      widen(static_cast<const uint16_t*>(c.v) + at, hd, wv + j * hd);
+    }
+    k = wk;
+    v = wv;
+    slot_stride = hd;
+    block_table = kOneBlock;
+    block_size = static_cast<int32_t>(positions);
+  } else {
+    k = static_cast<const float*>(c.k) + kv_head * hd;
+    v = static_cast<const float*>(c.v) + kv_head * hd;
+  }
   k_.attend({.q = p.q + (row * p.n_heads + h0) * hd,
-             .k = c.k + kv_head * hd,
-             .v = c.v + kv_head * hd,
-             .slot_stride = c.n_kv_heads * hd,
-             .block_table = seq.block_table.data(),
-             .block_size = c.block_size,
+             .k = k,
+             .v = v,
+             .slot_stride = slot_stride,
+             .block_table = block_table,
+             .block_size = block_size,
              .num_positions = positions,
              .num_heads = heads,
              .head_dim = c.head_dim,

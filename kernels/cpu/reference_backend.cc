@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/half.h"
 #include "kernels/cpu/moe_ops_host.h"
 #include "kernels/cpu/sampling_host.h"
 
@@ -101,6 +102,7 @@ class ReferenceBackend final : public Backend {
 
   absl::Status KvWrite(const float* k, const float* v, std::span<const int32_t> slots,
                        const PagedKvLayer& cache) override {
+    if (absl::Status s = ValidateKvCacheDType("KvWrite", cache); !s.ok()) return s;
     const int64_t width = static_cast<int64_t>(cache.n_kv_heads) * cache.head_dim;
     const int64_t num_slots = cache.num_blocks * cache.block_size;
     for (size_t t = 0; t < slots.size(); ++t) {
@@ -111,8 +113,15 @@ class ReferenceBackend final : public Backend {
     }
     for (size_t t = 0; t < slots.size(); ++t) {
       for (int64_t i = 0; i < width; ++i) {
-        cache.k[slots[t] * width + i] = k[static_cast<int64_t>(t) * width + i];
-        cache.v[slots[t] * width + i] = v[static_cast<int64_t>(t) * width + i];
+        const int64_t src = static_cast<int64_t>(t) * width + i;
+        const int64_t dst = slots[t] * width + i;
+        if (cache.dtype == DType::kBF16) {
+          static_cast<uint16_t*>(cache.k)[dst] = FloatToBf16(k[src]);
+          static_cast<uint16_t*>(cache.v)[dst] = FloatToBf16(v[src]);
+        } else {
+          static_cast<float*>(cache.k)[dst] = k[src];
+          static_cast<float*>(cache.v)[dst] = v[src];
+        }
       }
     }
     return absl::OkStatus();
@@ -129,6 +138,12 @@ class ReferenceBackend final : public Backend {
   }
 
  private:
+  // Element `index` of a cache tensor, widened to float.
+  static float CacheAt(const PagedKvLayer& c, const void* data, int64_t index) {
+    return c.dtype == DType::kBF16 ? Bf16ToFloat(static_cast<const uint16_t*>(data)[index])
+                                   : static_cast<const float*>(data)[index];
+  }
+
   static void AttendOne(const AttentionParams& p, const AttentionSequence& seq, int64_t i,
                         int32_t h) {
     const PagedKvLayer& c = p.cache;
@@ -141,9 +156,9 @@ class ReferenceBackend final : public Backend {
     double max_score = -INFINITY;
     for (int64_t j = 0; j <= pos; ++j) {
       const int64_t slot = seq.block_table[j / c.block_size] * c.block_size + j % c.block_size;
-      const float* k = c.k + (slot * c.n_kv_heads + kv_head) * hd;
+      const int64_t k = (slot * c.n_kv_heads + kv_head) * hd;
       double dot = 0.0;
-      for (int64_t d = 0; d < hd; ++d) dot += static_cast<double>(q[d]) * k[d];
+      for (int64_t d = 0; d < hd; ++d) dot += static_cast<double>(q[d]) * CacheAt(c, c.k, k + d);
       scores[j] = dot * p.scale;
       max_score = std::max(max_score, scores[j]);
     }
@@ -152,8 +167,8 @@ class ReferenceBackend final : public Backend {
     std::vector<double> acc(static_cast<size_t>(hd), 0.0);
     for (int64_t j = 0; j <= pos; ++j) {
       const int64_t slot = seq.block_table[j / c.block_size] * c.block_size + j % c.block_size;
-      const float* v = c.v + (slot * c.n_kv_heads + kv_head) * hd;
-      for (int64_t d = 0; d < hd; ++d) acc[d] += scores[j] / total * v[d];
+      const int64_t v = (slot * c.n_kv_heads + kv_head) * hd;
+      for (int64_t d = 0; d < hd; ++d) acc[d] += scores[j] / total * CacheAt(c, c.v, v + d);
     }
     float* out = p.out + (row * p.n_heads + h) * hd;
     for (int64_t d = 0; d < hd; ++d) out[d] = static_cast<float>(acc[d]);

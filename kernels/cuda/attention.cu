@@ -30,6 +30,8 @@
 // kernel (CombineSplitsKernel) merges, per query vector, the splits that hold keys at or before
 // its position, and writes the output once.
 //
+// The cache is F32 or BF16 (widened on load; the CPU reference reads the same rounded values).
+//
 // Tolerance against the CPU reference (double dot products, exp and sums): f32 dot products and
 // sums in another order and exp2f (2 ulp) on pre-scaled scores give relative errors of a few
 // 1e-7 on the outputs; tests/kernels/cuda/attention_test.cc asserts max NMSE 1e-9 and per element
@@ -138,6 +140,16 @@ __device__ __forceinline__ void LoadQueries(const PagedAttentionArgs& a,
   }
 }
 
+// Element i of a cache tensor, widened to f32 (a BF16 cache: its bits are the top half of the
+// f32's; the branch is uniform over the launch).
+__device__ __forceinline__ float LoadCache(const PagedKvLayer& c, const void* base, int64_t i) {
+  if (c.dtype == DType::kBF16) {
+    const unsigned bits = __ldg(static_cast<const unsigned short*>(base) + i);
+    return __uint_as_float(bits << 16);
+  }
+  return __ldg(static_cast<const float*>(base) + i);
+}
+
 // Keys and values of positions [base, base + kKeys), zero past keys_end. Both are loaded up front:
 // the values do not depend on the scores.
 template <int D, int kKeys>
@@ -153,8 +165,8 @@ __device__ __forceinline__ void LoadBatch(const PagedAttentionArgs& a, const int
     for (int i = 0; i < D; ++i) {
       const int d = i * kWarpSize + lane;
       const bool load = j < keys_end && d < a.cache.head_dim;
-      kr[u][i] = load ? __ldg(a.cache.k + off + d) : 0.0f;
-      vr[u][i] = load ? __ldg(a.cache.v + off + d) : 0.0f;
+      kr[u][i] = load ? LoadCache(a.cache, a.cache.k, off + d) : 0.0f;
+      vr[u][i] = load ? LoadCache(a.cache, a.cache.v, off + d) : 0.0f;
     }
   }
 }

@@ -6,8 +6,8 @@
 // owns 64 consecutive query vectors of one sequence and kv head (grid: ceil(max vectors / 64),
 // n_kv_heads, sequences); warp w owns vectors [16w, 16w + 16). The block walks the keys
 // [0, last position of its vectors] in tiles of 64:
-//   1. the 128 threads gather the tile's K and V rows through the block table, rounded to BF16
-//      into shared memory (keys past the context are zero);
+//   1. the 128 threads gather the tile's K and V rows through the block table into shared memory
+//      as BF16 (rounded from an F32 cache, copied from a BF16 one; keys past the context zero);
 //   2. each warp computes its 16 x 64 scores S = Q K^T on the tensor cores (Q pre-scaled by
 //      scale * log2 e and rounded to BF16 once, at the start) and stores them to shared memory;
 //   3. two lanes per query vector update its online softmax in f32 (exp2 domain, keys past the
@@ -70,20 +70,37 @@ __device__ __forceinline__ void LoadKeyTile(const PagedAttentionArgs& a, const i
   constexpr int kLd = Smem<HD>::kLdQkv;
   constexpr int kQuads = HD / 4;  // float4 per row
   const int bs = a.cache.block_size;
+  const bool bf16 = a.cache.dtype == DType::kBF16;  // uniform over the launch
   for (int i = static_cast<int>(threadIdx.x); i < kTileK * kQuads; i += kThreads) {
     const int r = i / kQuads;
     const int d = (i % kQuads) * 4;
-    float4 k4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 v4 = k4;
-    const int j = first + r;
-    if (j < end) {
-      const int64_t slot = static_cast<int64_t>(__ldg(table + j / bs)) * bs + j % bs;
-      const int64_t off = (slot * a.cache.n_kv_heads + kv_head) * HD + d;
-      k4 = __ldg(reinterpret_cast<const float4*>(a.cache.k + off));
-      v4 = __ldg(reinterpret_cast<const float4*>(a.cache.v + off));
-    }
     __nv_bfloat16* kd = ks + r * kLd + d;
     __nv_bfloat16* vd = vs + r * kLd + d;
+    const int j = first + r;
+    int64_t off = 0;
+    if (j < end) {
+      const int64_t slot = static_cast<int64_t>(__ldg(table + j / bs)) * bs + j % bs;
+      off = (slot * a.cache.n_kv_heads + kv_head) * HD + d;
+    }
+    if (bf16) {  // already BF16: 4 elements (8 bytes) copied as they are
+      uint2 k2 = make_uint2(0u, 0u);
+      uint2 v2 = k2;
+      if (j < end) {
+        k2 = __ldg(
+            reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(a.cache.k) + off));
+        v2 = __ldg(
+            reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(a.cache.v) + off));
+      }
+      *reinterpret_cast<uint2*>(kd) = k2;
+      *reinterpret_cast<uint2*>(vd) = v2;
+      continue;
+    }
+    float4 k4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 v4 = k4;
+    if (j < end) {
+      k4 = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(a.cache.k) + off));
+      v4 = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(a.cache.v) + off));
+    }
     kd[0] = __float2bfloat16_rn(k4.x);
     kd[1] = __float2bfloat16_rn(k4.y);
     kd[2] = __float2bfloat16_rn(k4.z);

@@ -102,6 +102,7 @@ absl::Status CudaBackend::SiluMulPacked(const float* gate_up, int64_t rows, int6
 absl::Status CudaBackend::KvWrite(const float* k, const float* v, std::span<const int32_t> slots,
                                   const PagedKvLayer& cache) {
   CMOE_RETURN_IF_ERROR(Ready());
+  CMOE_RETURN_IF_ERROR(ValidateKvCacheDType("KvWrite", cache));
   if (cache.num_blocks < 0 || cache.block_size < 0 || cache.n_kv_heads < 0 || cache.head_dim < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("KvWrite: negative cache shape: ", cache.num_blocks, " blocks of ",

@@ -3,7 +3,8 @@
 // first 32 tokens, unless a divergence falls on a near-tie of the CPU's logits (top-2 margin
 // below 1e-3 of the logit range), which the test then reports instead of failing; perplexity on
 // held-out TinyStories text must agree to 0.5 %. Decode steps run as CUDA graphs (updated, not
-// rebuilt, from step to step); a decode batch too large for them falls back to op by op.
+// rebuilt, from step to step); a decode batch too large for them falls back to op by op. One model
+// runs with a BF16 KV cache on both sides.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -35,8 +36,13 @@ bool HaveGpu(std::string* reason) {
   return false;
 }
 
-LoadedModel Load(const std::string& dir, const std::string& device) {
-  auto m = LoadModel({.model_dir = dir, .device = device, .threads = 2, .kv_cache_tokens = 2048});
+LoadedModel Load(const std::string& dir, const std::string& device,
+                 kernels::DType kv_dtype = kernels::DType::kF32) {
+  auto m = LoadModel({.model_dir = dir,
+                      .device = device,
+                      .threads = 2,
+                      .kv_cache_tokens = 2048,
+                      .kv_cache_dtype = kv_dtype});
   CMOE_CHECK(m.ok()) << device << ": " << m.status();
   return std::move(m).value();
 }
@@ -75,9 +81,10 @@ double RelativeMargin(LoadedModel& cpu, std::vector<int32_t> context) {
   return (l[0] - l[1]) / std::max(1e-6f, l.front() - l.back());
 }
 
-void ExpectSameAsCpu(const std::string& dir, const std::string& label) {
-  LoadedModel cpu = Load(dir, "cpu");
-  LoadedModel gpu = Load(dir, "cuda");
+void ExpectSameAsCpu(const std::string& dir, const std::string& label,
+                     kernels::DType kv_dtype = kernels::DType::kF32) {
+  LoadedModel cpu = Load(dir, "cpu", kv_dtype);
+  LoadedModel gpu = Load(dir, "cuda", kv_dtype);
   std::vector<int32_t> prompt = Encode(*cpu.tokenizer, ValText(500000, 300));
   // Room for the continuation: babyllama-tok105's characters as tokens overflow a 256 context.
   const auto room = static_cast<size_t>(cpu.model->config().max_position_embeddings - kTokens);
@@ -134,6 +141,17 @@ TEST_P(CudaModelTest, CarvedMatchesTheCpu) {
   testing::ScratchDir scratch;
   const std::string dir = testing::CarveSharedModel(GetParam(), 8, 2, 2, scratch.Join("S2A2E8"));
   ExpectSameAsCpu(dir, GetParam() + " S2A2E8");
+}
+
+// A BF16 KV cache on both sides (the CPU rounds and widens exactly as the GPU does): the same
+// tokens and perplexity as the CPU, through both attention kernels (the perplexity windows are
+// prefill chunks of 256 tokens: the tensor-core tiles; generation: the decode kernel).
+TEST(CudaModelBf16KvCache, MatchesTheCpu) {
+  std::string reason;
+  if (!HaveGpu(&reason)) GTEST_SKIP() << reason;
+  absl::StatusOr<std::string> dir = testing::SharedModelDir("tinystories-656k");
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  ExpectSameAsCpu(*dir, "tinystories-656k dense, bf16 KV cache", kernels::DType::kBF16);
 }
 
 // One decode step of `tokens` (one per sequence) at `positions`; the logits of every sequence.

@@ -1,6 +1,7 @@
 #include "engine/kv_cache.h"
 
 #include <set>
+#include <string>
 
 #include "gtest/gtest.h"
 
@@ -66,10 +67,36 @@ TEST(KvCacheTest, LayersDoNotOverlap) {
   auto cache = KvCache::Create(SmallConfig(), {.block_size = 4, .num_blocks = 2});
   ASSERT_TRUE(cache.ok());
   const kernels::PagedKvLayer l0 = (*cache)->Layer(0), l1 = (*cache)->Layer(1);
-  EXPECT_EQ(l1.k - l0.k, 2 * 4 * 2 * 4);
+  EXPECT_EQ(static_cast<char*>(l1.k) - static_cast<char*>(l0.k), 2 * 4 * 2 * 4 * 4);
+  EXPECT_EQ(static_cast<char*>(l1.v) - static_cast<char*>(l0.v), 2 * 4 * 2 * 4 * 4);
+  EXPECT_EQ(l0.dtype, kernels::DType::kF32);
   EXPECT_EQ(l0.n_kv_heads, 2);
   EXPECT_EQ(l0.head_dim, 4);
   EXPECT_EQ(KvCache::BytesPerBlock(SmallConfig(), 4), 2 * 2 * 4 * 2 * 4 * 4);
+}
+
+TEST(KvCacheTest, Bf16CacheTakesHalfTheBytes) {
+  auto cache = KvCache::Create(SmallConfig(),
+                               {.block_size = 4, .num_blocks = 2, .dtype = kernels::DType::kBF16});
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const kernels::PagedKvLayer l0 = (*cache)->Layer(0), l1 = (*cache)->Layer(1);
+  EXPECT_EQ(l0.dtype, kernels::DType::kBF16);
+  EXPECT_EQ((*cache)->dtype(), kernels::DType::kBF16);
+  EXPECT_EQ(static_cast<char*>(l1.k) - static_cast<char*>(l0.k), 2 * 4 * 2 * 4 * 2);
+  EXPECT_EQ(KvCache::BytesPerBlock(SmallConfig(), 4, kernels::DType::kBF16),
+            KvCache::BytesPerBlock(SmallConfig(), 4) / 2);
+  // The default capacity is capped in bytes: twice the positions in BF16.
+  const int64_t many = int64_t{1} << 40;
+  EXPECT_EQ(DefaultKvCacheTokens(SmallConfig(), many, kernels::DType::kBF16),
+            2 * DefaultKvCacheTokens(SmallConfig(), many));
+  const auto f16 = KvCache::Create(
+      SmallConfig(), {.block_size = 4, .num_blocks = 2, .dtype = kernels::DType::kF16});
+  EXPECT_EQ(f16.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*ParseKvCacheDType("bf16"), kernels::DType::kBF16);
+  EXPECT_EQ(*ParseKvCacheDType("f32"), kernels::DType::kF32);
+  const auto bad = ParseKvCacheDType("fp8");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("f32 or bf16"), std::string::npos);
 }
 
 TEST(KvCacheTest, RejectsNonPositiveSizes) {

@@ -25,11 +25,15 @@ namespace {
 
 class SharedModelTest : public ::testing::TestWithParam<std::string> {
  protected:
-  LoadedModel Load(const std::string& device = "cpu", int threads = 2) {
+  LoadedModel Load(const std::string& device = "cpu", int threads = 2,
+                   kernels::DType kv_dtype = kernels::DType::kF32) {
     absl::StatusOr<std::string> dir = testing::SharedModelDir(GetParam());
     CMOE_CHECK(dir.ok()) << dir.status();
-    absl::StatusOr<LoadedModel> m = LoadModel(
-        {.model_dir = *dir, .device = device, .threads = threads, .kv_cache_tokens = 4096});
+    absl::StatusOr<LoadedModel> m = LoadModel({.model_dir = *dir,
+                                               .device = device,
+                                               .threads = threads,
+                                               .kv_cache_tokens = 4096,
+                                               .kv_cache_dtype = kv_dtype});
     CMOE_CHECK(m.ok()) << m.status();
     return std::move(*m);
   }
@@ -224,6 +228,22 @@ TEST_P(SharedModelTest, PerplexityOnTinyStoriesIsThatOfATrainedModel) {
   if (GetParam() == "stories260K") {
     EXPECT_LT(r->ppl, 10.0);
   }
+}
+
+// A BF16 KV cache (half the memory) rounds keys and values to 8 mantissa bits; the model's
+// perplexity must stay within 0.5 % of the F32 cache's.
+TEST_P(SharedModelTest, Bf16KvCacheKeepsPerplexity) {
+  LoadedModel f32 = Load();
+  LoadedModel bf16 = Load("cpu", 2, kernels::DType::kBF16);
+  EXPECT_EQ(bf16.cache->dtype(), kernels::DType::kBF16);
+  const std::vector<int32_t> ids = SampleTokens(f32, 30000);
+  auto p32 = EvaluatePerplexity(*f32.model, *f32.cache, ids, {.max_windows = 4});
+  auto p16 = EvaluatePerplexity(*bf16.model, *bf16.cache, ids, {.max_windows = 4});
+  ASSERT_TRUE(p32.ok()) << p32.status();
+  ASSERT_TRUE(p16.ok()) << p16.status();
+  std::cout << GetParam() << ": ppl f32 cache " << p32->ppl << ", bf16 cache " << p16->ppl << "\n";
+  EXPECT_NE(p16->ppl, p32->ppl) << "the bf16 cache was not used";
+  EXPECT_NEAR(p16->ppl / p32->ppl, 1.0, 0.005);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSharedModels, SharedModelTest,

@@ -326,6 +326,41 @@ TEST_P(ParityTest, KvWrite) {
   }
 }
 
+// A BF16 cache: every backend stores round-to-nearest-even of the f32 keys and values (the bits
+// common/half.h computes) at the slots, nothing elsewhere; other cache dtypes are refused.
+TEST_P(ParityTest, KvWriteBf16) {
+  const PagedKvLayer shape{
+      .dtype = DType::kBF16, .num_blocks = 4, .block_size = 2, .n_kv_heads = 2, .head_dim = 3};
+  const int64_t width = 6, slots_total = 8;
+  std::vector<float> k = RandomFloats(3 * width, rng_), v = RandomFloats(3 * width, rng_);
+  k[0] = 1.0f + 1.0f / 256;  // a tie: rounds to even (1.0)
+  k[1] = 1.0f + 3.0f / 256;  // a tie: rounds to even (1 + 4/256)
+  const std::vector<int32_t> slots = {5, 0, 7};
+  std::vector<Backend*> backends = {reference_.get()};
+  for (auto& b : fast_) backends.push_back(b.get());
+  constexpr uint16_t kUntouched = 0x7fc1;
+  for (Backend* backend : backends) {
+    std::vector<uint16_t> kc(slots_total * width, kUntouched), vc(slots_total * width, kUntouched);
+    PagedKvLayer cache = shape;
+    cache.k = kc.data();
+    cache.v = vc.data();
+    ASSERT_TRUE(backend->KvWrite(k.data(), v.data(), slots, cache).ok());
+    for (size_t t = 0; t < slots.size(); ++t) {
+      for (int64_t i = 0; i < width; ++i) {
+        EXPECT_EQ(kc[slots[t] * width + i], FloatToBf16(k[t * width + i])) << backend->Name();
+        EXPECT_EQ(vc[slots[t] * width + i], FloatToBf16(v[t * width + i])) << backend->Name();
+      }
+    }
+    EXPECT_EQ(kc[5 * width], 0x3f80);  // the tie at 1 + 1/256 went to 1.0
+    EXPECT_EQ(kc[5 * width + 1], 0x3f82);
+    for (int64_t i = 0; i < width; ++i) EXPECT_EQ(kc[1 * width + i], kUntouched);  // slot 1
+    cache.dtype = DType::kF16;
+    const absl::Status bad = backend->KvWrite(k.data(), v.data(), slots, cache);
+    EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << backend->Name();
+    EXPECT_NE(bad.message().find("F16"), std::string::npos) << bad;
+  }
+}
+
 // A batch of three sequences: a 7-token prefill chunk, one decode token at context 45 and a
 // 5-token chunk continuing a context of 30, with uncovered rows between and after them.
 struct AttentionCase {
@@ -408,6 +443,51 @@ TEST_P(ParityTest, AttentionMixedBatchGqa) {
             ExpectClose(got, std::span<const float>(want).subspan(row * row_floats, row_floats),
                         2e-6, 1e-5, absl::StrCat(what, " row ", row));
           }
+        }
+      }
+    }
+  }
+}
+
+// Attention over a BF16 cache reads the keys and values widened exactly: the reference gives
+// bitwise what it gives over an F32 cache holding the same rounded values, and the fast backends
+// match it within the F32 bounds.
+TEST_P(ParityTest, AttentionBf16Cache) {
+  for (int32_t head_dim : {36, 64}) {
+    for (int32_t block_size : {1, 16}) {
+      AttentionCase c = MakeAttentionCase(8, 2, head_dim, block_size, rng_);
+      std::vector<uint16_t> k16(c.k.size()), v16(c.v.size());
+      std::vector<float> k_rounded(c.k.size()), v_rounded(c.v.size());
+      for (size_t i = 0; i < c.k.size(); ++i) {
+        k16[i] = FloatToBf16(c.k[i]);
+        v16[i] = FloatToBf16(c.v[i]);
+        k_rounded[i] = Bf16ToFloat(k16[i]);
+        v_rounded[i] = Bf16ToFloat(v16[i]);
+      }
+      const int64_t n = c.params.num_rows * 8 * head_dim;
+      std::vector<float> want(static_cast<size_t>(n), 0.0f), rounded(want);
+      c.params.cache.k = k_rounded.data();
+      c.params.cache.v = v_rounded.data();
+      c.params.out = rounded.data();
+      ASSERT_TRUE(reference_->Attention(c.params).ok());
+      c.params.cache.k = k16.data();
+      c.params.cache.v = v16.data();
+      c.params.cache.dtype = DType::kBF16;
+      c.params.out = want.data();
+      ASSERT_TRUE(reference_->Attention(c.params).ok());
+      EXPECT_EQ(want, rounded) << "hd " << head_dim << " block " << block_size;
+      for (size_t b = 0; b < fast_.size(); ++b) {
+        Guarded out(n);
+        c.params.out = out.data();
+        ASSERT_TRUE(fast_[b]->Attention(c.params).ok());
+        EXPECT_TRUE(out.GuardsIntact());
+        for (int64_t row = 0; row < c.params.num_rows; ++row) {
+          if (!RowCovered(c, row)) continue;
+          const int64_t w = 8 * head_dim;
+          ExpectClose(std::span<const float>(out.data() + row * w, w),
+                      std::span<const float>(want).subspan(row * w, w), 2e-6, 1e-5,
+                      absl::StrCat("bf16 cache hd ", head_dim, " block ", block_size, " ", Label(b),
+                                   " row ", row));
         }
       }
     }

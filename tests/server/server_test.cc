@@ -584,6 +584,7 @@ TEST(ServerFlagsTest, BadFlagsAreErrors) {
       {{"--kv-cache-bytes", "100"}, "less than one KV-cache block"},
       {{"--kv-cache-bytes", "1000000G"}, "2^31 - 1 slots"},
       {{"--kv-cache-bytes", "1M", "--kv-cache-tokens", "64"}, "exclusive"},
+      {{"--kv-cache-dtype", "fp8"}, "f32 or bf16"},
   };
   for (const auto& [flags, mention] : cases) {
     std::vector<std::string> args = {"--model", model, "--port", "0", "--metrics-port", "0"};
@@ -622,6 +623,33 @@ TEST(ServerFlagsTest, KvCacheBytesSizeTheCache) {
     const grpc::Status status = stub->Generate(&context, GreedyRequest(40), &response);
     ASSERT_TRUE(status.ok()) << status.error_message();
     EXPECT_EQ(response.finish().usage().generated_tokens(), 40);
+  }
+  EXPECT_EQ(server.Terminate(), 0);
+}
+
+// --kv-cache-dtype bf16 halves the bytes per position: the same 64 KiB hold 128 positions, so the
+// request that could never fit an f32 cache of that size runs, and one past 128 still cannot.
+TEST(ServerFlagsTest, Bf16KvCacheHoldsTwiceThePositions) {
+  if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel))) {
+    GTEST_SKIP() << "no shared model " << kModel;
+  }
+  ServerProcess server;
+  ASSERT_EQ(server.Start({"--kv-cache-bytes", "64KiB", "--kv-cache-dtype", "bf16"}), "");
+  ASSERT_TRUE(WaitServing(server.channel().get()));
+  auto stub = server.Stub();
+  {
+    grpc::ClientContext context;
+    v1::GenerateResponse response;
+    const grpc::Status status = stub->Generate(&context, GreedyRequest(100), &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.finish().usage().generated_tokens(), 100);
+  }
+  {
+    grpc::ClientContext context;
+    v1::GenerateResponse response;
+    const grpc::Status status = stub->Generate(&context, GreedyRequest(130), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("KV cache"));
   }
   EXPECT_EQ(server.Terminate(), 0);
 }

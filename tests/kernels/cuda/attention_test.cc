@@ -64,7 +64,8 @@ struct HostCase {
   std::vector<std::vector<int32_t>> tables;
   std::vector<AttentionSequence> seqs;  // block_table views into `tables`
 
-  AttentionParams Params(float* q_data, float* k_data, float* v_data, float* out) const {
+  AttentionParams Params(float* q_data, void* k_data, void* v_data, float* out,
+                         DType cache_dtype = DType::kF32) const {
     return {.q = q_data,
             .num_rows = num_rows,
             .n_heads = shape.n_heads,
@@ -72,6 +73,7 @@ struct HostCase {
             .sequences = seqs,
             .cache = {.k = k_data,
                       .v = v_data,
+                      .dtype = cache_dtype,
                       .num_blocks = num_blocks,
                       .block_size = shape.block_size,
                       .n_kv_heads = shape.n_kv_heads,
@@ -132,19 +134,37 @@ std::string Describe(const Shape& s) {
                       s.block_size, " scale x", s.scale_factor);
 }
 
+std::vector<uint16_t> ToBf16(const std::vector<float>& x) {
+  std::vector<uint16_t> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = HalfBits(DType::kBF16, x[i]);
+  return out;
+}
+
 // Runs the case on the reference and on `gpu` and compares covered rows; uncovered rows and the
-// guards around the output must keep their sentinels.
+// guards around the output must keep their sentinels. With a BF16 cache both read the keys and
+// values rounded to BF16 (the reference widens them exactly).
 void ExpectMatchesReference(Backend& gpu, HostCase& c, const std::string& what,
-                            const Tolerance& tolerance = kAttentionTolerance) {
+                            const Tolerance& tolerance = kAttentionTolerance,
+                            DType cache_dtype = DType::kF32) {
   const int64_t row_floats = c.RowFloats();
   std::vector<float> want(static_cast<size_t>(c.num_rows * row_floats), Sentinel<float>());
   const std::unique_ptr<Backend> reference = cpu::MakeReferenceBackend();
-  ASSERT_TRUE(reference->Attention(c.Params(c.q.data(), c.k.data(), c.v.data(), want.data())).ok())
+  const bool bf16 = cache_dtype == DType::kBF16;
+  std::vector<uint16_t> k16 = bf16 ? ToBf16(c.k) : std::vector<uint16_t>();
+  std::vector<uint16_t> v16 = bf16 ? ToBf16(c.v) : std::vector<uint16_t>();
+  void* host_k = bf16 ? static_cast<void*>(k16.data()) : c.k.data();
+  void* host_v = bf16 ? static_cast<void*>(v16.data()) : c.v.data();
+  ASSERT_TRUE(
+      reference->Attention(c.Params(c.q.data(), host_k, host_v, want.data(), cache_dtype)).ok())
       << what;
 
   GuardedDeviceArray<float> q(gpu, c.q), k(gpu, c.k), v(gpu, c.v);
+  GuardedDeviceArray<uint16_t> k_bf16(gpu, k16), v_bf16(gpu, v16);
   GuardedDeviceArray<float> out(gpu, c.num_rows * row_floats);
-  const absl::Status status = gpu.Attention(c.Params(q.data(), k.data(), v.data(), out.data()));
+  void* device_k = bf16 ? static_cast<void*>(k_bf16.data()) : k.data();
+  void* device_v = bf16 ? static_cast<void*>(v_bf16.data()) : v.data();
+  const absl::Status status =
+      gpu.Attention(c.Params(q.data(), device_k, device_v, out.data(), cache_dtype));
   ASSERT_TRUE(status.ok()) << what << ": " << status;
   const std::vector<float> got = out.Download();
   for (int64_t row = 0; row < c.num_rows; ++row) {
@@ -402,6 +422,36 @@ TEST(CudaAttention, TileKernelMatchesReference) {
   for (const Case& k : cases) {
     HostCase c = MakeCase(k.shape, k.num_rows, k.specs, rng);
     ExpectMatchesReference(*gpu, c, "tile " + Describe(k.shape), kTileTolerance);
+    if (HasFailure()) return;
+  }
+}
+
+// A BF16 cache (KvCacheOptions::dtype) on both kernels: decode rows and short chunks on the f32
+// kernel, long prefill chunks on the tile kernel (its 8-byte loads of four BF16 values), against
+// the reference over the same rounded keys and values, with each kernel's own tolerance.
+TEST(CudaAttention, Bf16CacheMatchesReference) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(1101);
+  const std::vector<Case> f32_kernel = {
+      {{8, 2, 64, 16}, 8, {{3, 1, 1}, {0, 1, 16}, {5, 1, 300}, {1, 1, 45}}},
+      {{8, 4, 33, 1}, 16, {{0, 7, 7}, {8, 1, 45}, {9, 5, 30}}},
+      {{32, 32, 128, 16}, 2, {{0, 1, 1500}}},  // long context: split-K
+  };
+  for (const Case& k : f32_kernel) {
+    HostCase c = MakeCase(k.shape, k.num_rows, k.specs, rng);
+    ExpectMatchesReference(*gpu, c, "bf16 cache " + Describe(k.shape), kAttentionTolerance,
+                           DType::kBF16);
+    if (HasFailure()) return;
+  }
+  const std::vector<Case> tile_kernel = {
+      {{8, 2, 32, 1}, 40, {{0, 17, 17}, {17, 20, 90}, {37, 1, 50}}},
+      {{8, 8, 128, 16}, 70, {{0, 70, 130}}},
+      {{4, 4, 16, 16}, 66, {{0, 66, 66}}},
+  };
+  for (const Case& k : tile_kernel) {
+    HostCase c = MakeCase(k.shape, k.num_rows, k.specs, rng);
+    ExpectMatchesReference(*gpu, c, "bf16 cache tile " + Describe(k.shape), kTileTolerance,
+                           DType::kBF16);
     if (HasFailure()) return;
   }
 }

@@ -453,6 +453,49 @@ TEST(CudaKvWrite, MatchesReferenceExactly) {
   }
 }
 
+// A BF16 cache: the device rounds to nearest even exactly as the reference does (bit-exact), on
+// the float4 path and, with the input or the cache off alignment, the scalar one.
+TEST(CudaKvWrite, Bf16CacheMatchesReferenceExactly) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  const std::unique_ptr<Backend> reference = cpu::MakeReferenceBackend();
+  std::mt19937 rng(604);
+  for (const CacheShape& shape : {CacheShape{4, 16, 3, 11}, CacheShape{8, 16, 8, 128}}) {
+    for (int64_t offset : {0, 1}) {
+      const int64_t tokens = 7;
+      std::vector<int32_t> slots(static_cast<size_t>(shape.Slots()));
+      std::iota(slots.begin(), slots.end(), 0);
+      std::shuffle(slots.begin(), slots.end(), rng);
+      slots.resize(tokens);
+      const std::vector<float> k = RandomFloats(tokens * shape.Width(), rng);
+      const std::vector<float> v = RandomFloats(tokens * shape.Width(), rng);
+      const int64_t n = shape.Slots() * shape.Width();
+      std::vector<uint16_t> want_k(static_cast<size_t>(n + offset), 0x1234);
+      std::vector<uint16_t> want_v(want_k);
+      const GuardedDeviceArray<uint16_t> cache_k(*gpu, want_k), cache_v(*gpu, want_v);
+      const OffsetArray k_device(*gpu, k, offset), v_device(*gpu, v, offset);
+      PagedKvLayer cache{.k = want_k.data() + offset,
+                         .v = want_v.data() + offset,
+                         .dtype = DType::kBF16,
+                         .num_blocks = shape.num_blocks,
+                         .block_size = shape.block_size,
+                         .n_kv_heads = shape.n_kv_heads,
+                         .head_dim = shape.head_dim};
+      ASSERT_TRUE(reference->KvWrite(k.data(), v.data(), slots, cache).ok());
+      cache.k = cache_k.data() + offset;
+      cache.v = cache_v.data() + offset;
+      const absl::Status s = gpu->KvWrite(k_device.data(), v_device.data(), slots, cache);
+      ASSERT_TRUE(s.ok()) << s;
+      EXPECT_EQ(cache_k.Download(), want_k)
+          << "head_dim " << shape.head_dim << " offset " << offset;
+      EXPECT_EQ(cache_v.Download(), want_v)
+          << "head_dim " << shape.head_dim << " offset " << offset;
+      cache.dtype = DType::kF16;
+      EXPECT_EQ(gpu->KvWrite(k_device.data(), v_device.data(), slots, cache).code(),
+                absl::StatusCode::kInvalidArgument);
+    }
+  }
+}
+
 TEST(CudaKvWrite, ManyTokens) {
   CMOE_CUDA_BACKEND_OR_SKIP(gpu);
   const std::unique_ptr<Backend> reference = cpu::MakeReferenceBackend();

@@ -80,6 +80,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- with $s.kvCacheBytes }}
 - {{ printf "--kv-cache-bytes=%s" . | quote }}
 {{- end }}
+- {{ printf "--kv-cache-dtype=%s" ($s.kvCacheDtype | default "f32") | quote }}
 - {{ printf "--drain-timeout=%v" (float64 $s.drainTimeoutSeconds) | quote }}
 {{- range $s.extraArgs }}
 - {{ . | quote }}
@@ -154,6 +155,9 @@ work; rendered (as nothing) by the Deployment, so every install runs them.
 {{- end }}
 {{- if and $s.kvCacheBytes (not (regexMatch "^[0-9]+(B|K|KB|KiB|M|MB|MiB|G|GB|GiB)?$" (toString $s.kvCacheBytes))) }}
 {{- fail (printf "server.kvCacheBytes %q: a number with an optional K, KiB, M, MiB, G or GiB suffix, e.g. 2GiB" (toString $s.kvCacheBytes)) }}
+{{- end }}
+{{- if not (has (toString ($s.kvCacheDtype | default "f32")) (list "f32" "bf16")) }}
+{{- fail (printf "server.kvCacheDtype %q: f32 or bf16" (toString $s.kvCacheDtype)) }}
 {{- end }}
 {{- if and .Values.gpu.enabled (lt (int64 .Values.gpu.count) 1) }}
 {{- fail "gpu.count must be at least 1 with gpu.enabled" }}
