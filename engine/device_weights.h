@@ -10,7 +10,11 @@
 //   CMOE_ASSIGN_OR_RETURN(DeviceWeights w, UploadModelWeights(checkpoint.weights(), config,
 //                                                             backend));
 //
-// The views point into memory the backend owns; they live as long as the backend.
+// The views point into memory the backend owns (or, on a host backend, buffers DeviceWeights
+// keeps); they live as long as the backend and the DeviceWeights.
+//
+// With expert parallelism a rank uploads only its block of routed experts (ExpertSlice); the
+// router keeps every expert's rows, since each rank routes its own tokens to all of them.
 #ifndef CMOE_ENGINE_DEVICE_WEIGHTS_H_
 #define CMOE_ENGINE_DEVICE_WEIGHTS_H_
 
@@ -32,10 +36,11 @@ struct DeviceFfnWeights {
   WeightView down;     // (d, w)
   int64_t width = 0;   // w: f, or m_s
   // Carved layers only (num_routed == 0 for dense ones).
-  int32_t num_routed = 0;
+  int32_t num_routed = 0;                     // E: every routed expert of the layer
   WeightView router;                          // (2E, d) F32
-  kernels::GroupedWeightView expert_gate_up;  // (E, 2m, d)
-  kernels::GroupedWeightView expert_down;     // (E, d, m)
+  int32_t first_local_expert = 0;             // the grouped tensors hold experts [first, first+L)
+  kernels::GroupedWeightView expert_gate_up;  // (L, 2m, d); L = E without expert parallelism
+  kernels::GroupedWeightView expert_down;     // (L, d, m)
   kernels::Buffer bias;                       // (E) f32, or empty (b = 0)
   kernels::Buffer scale;                      // (E) f32, or empty (u = 0)
   bool abs_score = true;                      // RouterVariant::kReference
@@ -44,13 +49,23 @@ struct DeviceFfnWeights {
 struct DeviceWeights {
   ModelWeights model;  // every view uploaded; the FFN views of `model.layers` are not used
   std::vector<DeviceFfnWeights> ffn;  // (layers)
+  // Host backends: the stacked tensors (UploadWeight returns a host view as it is, so the copies
+  // the stacking makes are kept here).
+  std::vector<kernels::Buffer> owned;
 };
 
-// InvalidArgument when a layer's FFN tensors mix dtypes (the stacked layouts need one dtype);
-// backend errors (out of device memory) propagate.
+// The routed experts a rank holds: [first, first + count); count < 0 means every expert.
+struct ExpertSlice {
+  int32_t first = 0;
+  int32_t count = -1;
+};
+
+// InvalidArgument when a layer's FFN tensors mix dtypes (the stacked layouts need one dtype) or
+// the slice is not inside [0, E); backend errors (out of device memory) propagate.
 absl::StatusOr<DeviceWeights> UploadModelWeights(const ModelWeights& host,
                                                  const ModelConfig& config,
-                                                 kernels::Backend& backend);
+                                                 kernels::Backend& backend,
+                                                 ExpertSlice experts = {});
 
 }  // namespace cmoe::engine
 

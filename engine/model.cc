@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "engine/expert_parallel.h"
 #include "engine/model_device.h"
 #include "kernels/sample_row.h"
 
@@ -23,15 +24,31 @@ Model::Model(std::unique_ptr<Checkpoint> checkpoint, std::unique_ptr<kernels::Ba
     : checkpoint_(std::move(checkpoint)), backend_(std::move(backend)) {}
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Create(std::unique_ptr<Checkpoint> checkpoint,
-                                                     std::unique_ptr<kernels::Backend> backend) {
+                                                     std::unique_ptr<kernels::Backend> backend,
+                                                     const ModelOptions& options) {
   if (checkpoint == nullptr || backend == nullptr) {
     return absl::InvalidArgumentError("Model::Create: null checkpoint or backend");
   }
   std::unique_ptr<Model> model(new Model(std::move(checkpoint), std::move(backend)));
-  if (model->backend_->IsDevice()) {
+  ExpertSlice slice;
+  if (options.expert_parallel != nullptr) {
+    const std::optional<CmoeConfig>& cmoe = model->config().cmoe;
+    if (!cmoe.has_value()) {
+      return absl::InvalidArgumentError(
+          "Model::Create: expert parallelism needs a carved (CMoE) checkpoint; this one is dense");
+    }
+    kernels::Communicator& comm = *options.expert_parallel;
+    CMOE_ASSIGN_OR_RETURN(const ExpertPlacement placement,
+                          ExpertPlacement::Create(cmoe->num_routed(), comm.world_size()));
+    slice = {.first = placement.FirstExpert(comm.rank()),
+             .count = placement.NumLocalExperts(comm.rank())};
+    model->comm_ = &comm;
+  }
+  // The fused FFN path: device backends, and every backend under expert parallelism.
+  if (model->backend_->IsDevice() || model->comm_ != nullptr) {
     model->device_ = std::make_unique<DeviceState>();
     absl::StatusOr<DeviceWeights> uploaded =
-        UploadModelWeights(model->checkpoint_->weights(), model->config(), *model->backend_);
+        UploadModelWeights(model->checkpoint_->weights(), model->config(), *model->backend_, slice);
     if (!uploaded.ok()) {
       return Annotate(uploaded.status(), absl::StrCat("uploading the weights to ",
                                                       std::string(model->backend_->Name())));
@@ -142,6 +159,12 @@ absl::Status Model::Validate(std::span<const SequenceChunk> chunks, const KvCach
                                                      " positions, needs ", end));
     }
     if (s.num_activated_experts != 0) {
+      if (comm_ != nullptr && s.num_activated_experts != c.cmoe->num_activated_experts) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Forward: sequence ", i, " sets num_activated_experts ", s.num_activated_experts,
+            "; under expert parallelism every sequence uses the checkpoint's ",
+            c.cmoe->num_activated_experts, " (every rank must exchange the same rounds)"));
+      }
       if (!c.cmoe.has_value()) {
         return absl::InvalidArgumentError(
             absl::StrCat("Forward: sequence ", i,
@@ -401,7 +424,8 @@ absl::Status Model::Begin(std::span<const SequenceChunk> chunks, KvCache& cache,
 }
 
 bool Model::IsGraphStep(std::span<const SequenceChunk> chunks) const {
-  if (device_ == nullptr || rows_ > graph_row_limit_) return false;
+  // Expert parallelism reads the routing on the host every carved layer: no graph.
+  if (device_ == nullptr || comm_ != nullptr || rows_ > graph_row_limit_) return false;
   return std::all_of(chunks.begin(), chunks.end(),
                      [](const SequenceChunk& c) { return c.tokens.size() == 1; });
 }

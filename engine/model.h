@@ -34,6 +34,7 @@
 #include "engine/kv_cache.h"
 #include "engine/moe_layer.h"
 #include "kernels/backend.h"
+#include "kernels/communicator.h"
 
 namespace cmoe::engine {
 
@@ -83,10 +84,25 @@ struct ForwardOutput {
   std::span<const float> Logits(size_t chunk, int64_t row = -1) const;
 };
 
+struct ModelOptions {
+  // Expert parallelism (engine/expert_parallel.h): when set, this model is rank comm->rank() of
+  // comm->world_size() models of the same carved checkpoint. It holds only its block of every
+  // carved layer's routed experts (ExpertPlacement), routes its own tokens, and sends each
+  // (token, expert) row to the rank owning the expert and gets the output back, every carved
+  // layer (two AllToAllRows and one AllToAllCounts); attention and the shared experts run on
+  // every rank for its own tokens. The communicator's memory must be the backend's (host for
+  // the CPU backends, device for NCCL with CUDA). Every rank must call Forward for the same
+  // steps, concurrently, each with at least one sequence of its own, and no sequence may
+  // override num_activated_experts. Not owned: it must outlive the model. Null: no parallelism.
+  kernels::Communicator* expert_parallel = nullptr;
+};
+
 class Model {
  public:
+  // InvalidArgument for expert parallelism over a dense checkpoint.
   static absl::StatusOr<std::unique_ptr<Model>> Create(std::unique_ptr<Checkpoint> checkpoint,
-                                                       std::unique_ptr<kernels::Backend> backend);
+                                                       std::unique_ptr<kernels::Backend> backend,
+                                                       const ModelOptions& options = {});
   ~Model();
 
   // Runs one step. Validates chunks (token ids in the vocabulary, positions within the context,
@@ -143,6 +159,8 @@ class Model {
   absl::Status Resize(int64_t rows, bool dense_ffn);
   // engine/model_device.cc: the FFN of a device backend, and the step's counts brought back.
   absl::Status DeviceFfn(int64_t layer, std::span<const SequenceChunk> chunks);
+  // engine/model_expert_parallel.cc: the routed experts of one run over the communicator.
+  absl::Status ExpertParallelRun(int64_t layer, size_t run);
   absl::Status DeviceBeginStep(std::span<const SequenceChunk> chunks);
   absl::Status DeviceFinishStep();
 
@@ -173,7 +191,9 @@ class Model {
   MoeLayer moe_;  // host backends: carved layers' routing/dispatch workspace
   MoeStepStats moe_stats_;
   FfnStepStats stats_;
-  std::unique_ptr<DeviceState> device_;  // device backends only
+  // Device backends, and every backend under expert parallelism (the fused FFN path).
+  std::unique_ptr<DeviceState> device_;
+  kernels::Communicator* comm_ = nullptr;  // ModelOptions::expert_parallel
   // Decode steps with more rows than this run op by op: lowered to one less than the rows of a
   // step that had an op unable to run inside a graph.
   int64_t graph_row_limit_ = std::numeric_limits<int64_t>::max();

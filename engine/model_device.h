@@ -37,6 +37,22 @@ struct Model::DeviceState {
   // (layers, runs, E) int32: tokens routed per expert, copied back once per step.
   kernels::Buffer counts;
   std::vector<int32_t> counts_host;
+
+  // Expert parallelism (engine/model_expert_parallel.cc): the step's plans on the host and the
+  // exchanged rows in backend memory, grown to the largest layer (R = rows received).
+  struct ExpertParallel {
+    std::vector<int32_t> selected;     // (T, k) host copy of the routing
+    std::vector<int32_t> group_index;  // (R + L + 1): expert_rows, then the local offsets
+    std::vector<int32_t> inverse;      // (R) receive row of grouped row q
+    std::vector<int32_t> counts;       // (E) this rank's tokens per expert (metrics)
+    kernels::Buffer send;              // (P, d) f32 rows sent, then the outputs received back
+    kernels::Buffer recv;              // (R, d) f32 rows received
+    kernels::Buffer out;               // (R, d) f32 local experts' outputs, grouped
+    kernels::Buffer back;              // (R, d) f32 the outputs in receive order
+    kernels::Buffer index;             // device copy of group_index
+    kernels::Buffer token_slot;        // (P) int32 device copy of the plan's token_slot
+  };
+  ExpertParallel ep;
 };
 
 }  // namespace cmoe::engine

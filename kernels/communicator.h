@@ -68,6 +68,12 @@ class Communicator {
   // are host memory. InvalidArgument naming the operand for count spans not of size W, negative
   // counts, buffer sizes other than sum(counts) * row_width, or row_width < 1.
   virtual absl::Status AllToAllRows(const AllToAllRowsArgs& args) = 0;
+
+  // Waits until every exchange this rank queued has completed, so that any reader (the host,
+  // another stream) sees `recv`. Host implementations complete inside the call: no-op. Device
+  // ones (NCCL) queue on a stream of their own: callers also make `send` complete before
+  // AllToAllRows (e.g. Backend::Synchronize on its producer).
+  virtual absl::Status Synchronize() { return absl::OkStatus(); }
 };
 
 // The argument checks every implementation shares (local checks only: nothing here can see what

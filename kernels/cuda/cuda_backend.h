@@ -38,7 +38,8 @@ enum class GraphMode {
 };
 
 // How Attention runs prefill chunks (sequences with >= 64 query vectors: rows x query heads per kv
-// head) when head_dim is 16, 32, 64 or 128; decode rows always take the flash-decoding kernel.
+// head) when head_dim is 64 or 128; decode rows and other head sizes always take the f32
+// flash-decoding kernel.
 enum class PrefillAttention {
   kFromEnvironment,  // CMOE_CUDA_PREFILL_ATTENTION: "tensor-core" (also when unset), "cuda-core"
   kTensorCores,      // attention_tile.cu: 64 x 64 tiles, BF16 Q/K/V/P, f32 softmax and sums

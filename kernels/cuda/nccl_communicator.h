@@ -77,7 +77,7 @@ class NcclCommunicator final : public Communicator {
 
   // Waits for everything queued on stream(), polling NCCL for asynchronous errors (a failed
   // peer) meanwhile; such an error aborts the communicator and is returned.
-  absl::Status Synchronize();
+  absl::Status Synchronize() override;
 
   // OK, or the error that made the communicator unusable.
   absl::Status Health() const { return failed_; }

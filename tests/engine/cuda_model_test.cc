@@ -4,7 +4,8 @@
 // below 1e-3 of the logit range), which the test then reports instead of failing; perplexity on
 // held-out TinyStories text must agree to 0.5 %. Decode steps run as CUDA graphs (updated, not
 // rebuilt, from step to step); a decode batch too large for them falls back to op by op. One model
-// runs with a BF16 KV cache on both sides.
+// runs with a BF16 KV cache on both sides. With NCCL, expert parallelism over a world of one GPU
+// matches the model without it.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +21,9 @@
 #include "engine/tokenizer.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_backend.h"
+#if CMOE_HAVE_NCCL
+#include "kernels/cuda/nccl_communicator.h"
+#endif
 #include "tests/engine/shared_models.h"
 #include "tests/test_util.h"
 
@@ -153,6 +157,68 @@ TEST(CudaModelBf16KvCache, MatchesTheCpu) {
   ASSERT_TRUE(dir.ok()) << dir.status();
   ExpectSameAsCpu(*dir, "tinystories-656k dense, bf16 KV cache", kernels::DType::kBF16);
 }
+
+#if CMOE_HAVE_NCCL
+// Expert parallelism on the GPU over NCCL, world size 1 (one GPU): the model holding every expert
+// of its one rank and exchanging rows with itself through ncclSend / ncclRecv gives the logits and
+// expert counts of the same model without parallelism, over a prefill and decode steps.
+TEST(CudaModelExpertParallel, NcclWorldOfOneMatchesTheModel) {
+  std::string reason;
+  if (!HaveGpu(&reason)) GTEST_SKIP() << reason;
+  testing::ScratchDir scratch;
+  const std::string dir = testing::CarveSharedModel("stories260K", 8, 2, 2, scratch.Join("c"));
+  const int devices[] = {0};
+  auto comms = kernels::cuda::MakeNcclCommunicators(devices);
+  ASSERT_TRUE(comms.ok()) << comms.status();
+  const auto make = [&](kernels::Communicator* comm) {
+    auto checkpoint = Checkpoint::Open(dir);
+    CMOE_CHECK(checkpoint.ok()) << checkpoint.status();
+    auto backend = kernels::cuda::MakeCudaBackend({.device = 0});
+    CMOE_CHECK(backend.ok()) << backend.status();
+    auto model =
+        Model::Create(std::move(*checkpoint), std::move(*backend), {.expert_parallel = comm});
+    CMOE_CHECK(model.ok()) << model.status();
+    return std::move(model).value();
+  };
+  std::unique_ptr<Model> models[] = {make((*comms)[0].get()), make(nullptr)};
+  std::vector<std::unique_ptr<KvCache>> caches;
+  for (auto& m : models) {
+    auto cache =
+        KvCache::Create(m->config(), {.block_size = 4, .num_blocks = 16, .memory = &m->backend()});
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    caches.push_back(std::move(cache).value());
+  }
+  std::vector<SequenceBlocks> blocks[2] = {std::vector<SequenceBlocks>(2),
+                                           std::vector<SequenceBlocks>(2)};
+  std::vector<std::vector<int32_t>> inputs = {{5, 17, 42, 9, 300}, {77, 3}};
+  std::vector<int64_t> pos = {0, 0};
+  for (int step = 0; step < 4; ++step) {
+    ForwardOutput out[2];
+    for (int m = 0; m < 2; ++m) {
+      std::vector<SequenceChunk> chunks;
+      for (size_t s = 0; s < 2; ++s) {
+        ASSERT_TRUE(caches[m]->Reserve(blocks[m][s], pos[s] + inputs[s].size()).ok());
+        chunks.push_back({.tokens = inputs[s], .start_pos = pos[s], .blocks = &blocks[m][s]});
+      }
+      const absl::Status status = models[m]->Forward(chunks, *caches[m], out[m]);
+      ASSERT_TRUE(status.ok()) << (m == 0 ? "expert parallel: " : "plain: ") << status;
+    }
+    float scale = 1.0f;
+    for (float v : out[1].logits) scale = std::max(scale, std::abs(v));
+    ASSERT_EQ(out[0].logits.size(), out[1].logits.size());
+    for (size_t i = 0; i < out[1].logits.size(); ++i) {
+      ASSERT_NEAR(out[0].logits[i], out[1].logits[i], 1e-4f * scale) << "step " << step;
+    }
+    EXPECT_EQ(models[0]->last_step_stats().tokens_per_expert,
+              models[1]->last_step_stats().tokens_per_expert);
+    for (size_t s = 0; s < 2; ++s) {
+      pos[s] += static_cast<int64_t>(inputs[s].size());
+      const std::span<const float> row = out[1].Logits(s);
+      inputs[s] = {static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin())};
+    }
+  }
+}
+#endif  // CMOE_HAVE_NCCL
 
 // One decode step of `tokens` (one per sequence) at `positions`; the logits of every sequence.
 std::vector<float> DecodeStep(LoadedModel& m, const std::vector<int32_t>& tokens,
