@@ -388,7 +388,8 @@ void Engine::Step() {
               .prefill_tokens = prefill_tokens,
               .forward_seconds = forward_seconds,
               .step_seconds = step_timer.Seconds(),
-              .ffn = &model_.model->last_step_stats()});
+              .ffn = &model_.model->last_step_stats(),
+              .graph = model_.model->last_step_graphed()});
   }
 }
 

@@ -48,6 +48,7 @@ struct StepReport {
   double forward_seconds = 0;  // Model::Forward of the step
   double step_seconds = 0;     // the whole step: packing, forward, sampling, delivery to sinks
   const FfnStepStats* ffn = nullptr;  // the model's counters of this step
+  bool graph = false;  // the step's layers ran as one device graph (Model::last_step_graphed)
 };
 
 // A consistent snapshot of the engine's queues and cache.

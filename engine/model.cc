@@ -449,8 +449,9 @@ absl::Status Model::Layers(std::span<const SequenceChunk> chunks, KvCache& cache
 absl::Status Model::Forward(std::span<const SequenceChunk> chunks, KvCache& cache,
                             ForwardOutput& out) {
   const bool dense = !config().cmoe.has_value();
+  graphed_ = false;
   CMOE_RETURN_IF_ERROR(Begin(chunks, cache, dense));
-  const bool graph = IsGraphStep(chunks);
+  bool graph = IsGraphStep(chunks);
   absl::Status status = Layers(chunks, cache, graph);
   if (graph && kernels::IsNotInGraph(status)) {
     // An op of this step must wait for the device (a decode batch large enough for the cuBLAS
@@ -458,9 +459,13 @@ absl::Status Model::Forward(std::span<const SequenceChunk> chunks, KvCache& cach
     // step this large from now on.
     graph_row_limit_ = rows_ - 1;
     CMOE_RETURN_IF_ERROR(Begin(chunks, cache, dense));  // the FFN counters start again
-    status = Layers(chunks, cache, /*graph=*/false);
+    graph = false;
+    status = Layers(chunks, cache, graph);
   }
   CMOE_RETURN_IF_ERROR(status);
+  // A backend with graphs off (or a host backend) ran the ops one by one.
+  graphed_ = graph && backend_->graph_stats().launched > graph_launches_;
+  graph_launches_ = backend_->graph_stats().launched;
   CMOE_RETURN_IF_ERROR(LmHead(chunks, out));
   return device_ != nullptr ? DeviceFinishStep() : absl::OkStatus();
 }

@@ -118,6 +118,9 @@ class Model {
 
   // The FFN work of the last Forward (zeroed by one that failed validation).
   const FfnStepStats& last_step_stats() const { return stats_; }
+  // Whether the last successful Forward ran its layers as one step graph (decode steps on a
+  // backend with graphs, Backend::BeginGraph).
+  bool last_step_graphed() const { return graphed_; }
 
   const ModelConfig& config() const { return checkpoint_->config(); }
   const Checkpoint& checkpoint() const { return *checkpoint_; }
@@ -197,6 +200,8 @@ class Model {
   // Decode steps with more rows than this run op by op: lowered to one less than the rows of a
   // step that had an op unable to run inside a graph.
   int64_t graph_row_limit_ = std::numeric_limits<int64_t>::max();
+  bool graphed_ = false;        // last_step_graphed()
+  int64_t graph_launches_ = 0;  // the backend's graph_stats().launched after the last step
 };
 
 }  // namespace cmoe::engine

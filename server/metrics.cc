@@ -70,6 +70,9 @@ const std::vector<MetricInfo>& ServerMetrics::Metrics() {
       {"cmoe_model_forward_seconds_total", "counter", "",
        "Time the engine spent in the model forward (compare with cmoe_step_duration_seconds_sum "
        "for the scheduling and sampling share)."},
+      {"cmoe_graph_steps_total", "counter", "",
+       "Engine steps whose layers ran as one CUDA graph (decode steps on a GPU; compare with "
+       "cmoe_step_duration_seconds_count)."},
       {"cmoe_requests_total", "counter", "rpc,code,finish_reason",
        "Finished RPCs by RPC, gRPC status code and finish reason (none: never reached the "
        "engine)."},
@@ -207,6 +210,7 @@ void ServerMetrics::Build() {
                                                              0.1, 0.25, 0.5, 1, 2.5, 5});
   forward_seconds_ =
       &Register(prometheus::BuildCounter(), "cmoe_model_forward_seconds_total", r).Add({});
+  graph_steps_ = &Register(prometheus::BuildCounter(), "cmoe_graph_steps_total", r).Add({});
 
   requests_ = &Register(prometheus::BuildCounter(), "cmoe_requests_total", r);
   // Series of the expected outcomes start at zero (rate() sees their first increment, and the
@@ -350,6 +354,7 @@ void ServerMetrics::OnStep(const engine::StepReport& report) {
   tokens_per_step_->Observe(static_cast<double>(std::max<int64_t>(report.tokens, 0)));
   step_duration_->Observe(std::max(report.step_seconds, 0.0));
   if (report.forward_seconds > 0) forward_seconds_->Increment(report.forward_seconds);
+  if (report.graph) graph_steps_->Increment();
   if (report.ffn == nullptr) return;
   const engine::FfnStepStats& ffn = *report.ffn;
 

@@ -139,6 +139,7 @@ class ServerMetrics {
   prometheus::Gauge* serving_ = nullptr;
   prometheus::Histogram* step_duration_ = nullptr;
   prometheus::Counter* forward_seconds_ = nullptr;
+  prometheus::Counter* graph_steps_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Counter* generated_tokens_ = nullptr;
   prometheus::Counter* ffn_computed_ = nullptr;

@@ -265,6 +265,8 @@ TEST(CudaModelGraphs, LargeDecodeBatchFallsBackToOpByOp) {
     const std::vector<float> want = DecodeStep(eager, tokens, positions, blocks_e);
     ASSERT_EQ(got.size(), want.size());
     EXPECT_EQ(got, want) << "step " << step;
+    EXPECT_EQ(graphed.model->last_step_graphed(), batch == 4) << "step " << step;
+    EXPECT_FALSE(eager.model->last_step_graphed()) << "step " << step;
   }
   const kernels::Backend::GraphStats stats = graphed.model->backend().graph_stats();
   EXPECT_EQ(stats.cancelled, 1) << "the first large step records once, the second not at all";

@@ -95,6 +95,7 @@ TEST(ServerMetricsTest, EveryFamilyIsExposedWithItsType) {
       {"cmoe_tokens_per_step", "histogram"},
       {"cmoe_step_duration_seconds", "histogram"},
       {"cmoe_model_forward_seconds_total", "counter"},
+      {"cmoe_graph_steps_total", "counter"},
       {"cmoe_requests_total", "counter"},
       {"cmoe_prompt_tokens_total", "counter"},
       {"cmoe_generated_tokens_total", "counter"},
@@ -140,8 +141,12 @@ TEST(ServerMetricsTest, StepsMoveFfnAndExpertCounters) {
   const auto a = Ffn(4, 100, 400, 3, {1, 2, 1, 0, 4, 0});
   const auto b = Ffn(2, 60, 200, 3, {2, 0, 0, 1, 0, 1});
   metrics->OnStep(Report(a));
-  metrics->OnStep(Report(b));
+  EXPECT_EQ(ValueOr(metrics->Serialize(), "cmoe_graph_steps_total"), 0);
+  engine::StepReport graphed = Report(b);
+  graphed.graph = true;  // a decode step run as one CUDA graph
+  metrics->OnStep(graphed);
   const std::string text = metrics->Serialize();
+  EXPECT_EQ(ValueOr(text, "cmoe_graph_steps_total"), 1);
   EXPECT_EQ(ValueOr(text, "cmoe_ffn_neurons_computed_total"), 160);
   EXPECT_EQ(ValueOr(text, "cmoe_ffn_neurons_dense_total"), 600);
   EXPECT_EQ(ValueOr(text, "cmoe_expert_tokens_total{expert=\"0\",layer=\"0\"}"), 3);
