@@ -53,6 +53,7 @@ struct Engine::Sequence {
   SteadyTime first_step;
   SteadyTime first_token;
   bool started = false;
+  int32_t rank = 0;  // the expert-parallel rank holding its KV cache
   SequenceBlocks blocks;
   int64_t prefilled = 0;  // prompt tokens already in the cache
   std::vector<int32_t> generated;
@@ -65,22 +66,60 @@ struct Engine::Sequence {
   bool decoding() const { return prefilled == static_cast<int64_t>(request.prompt.size()); }
 };
 
-Engine::Engine(LoadedModel model, const EngineOptions& options,
+Engine::Engine(std::vector<LoadedModel> ranks, const EngineOptions& options,
                std::function<void(const StepReport&)> on_step,
                std::function<void(const absl::Status&)> on_fault)
-    : model_(std::move(model)),
+    : ranks_(std::move(ranks)),
       options_(options),
       on_step_(std::move(on_step)),
-      on_fault_(std::move(on_fault)) {
-  stats_.kv_blocks_total = model_.cache->num_blocks();
+      on_fault_(std::move(on_fault)),
+      steps_(ranks_.size()),
+      rank_tokens_(ranks_.size()) {
+  for (const LoadedModel& r : ranks_) stats_.kv_blocks_total += r.cache->num_blocks();
+  if (ranks_.size() > 1) rank_threads_ = std::make_unique<RankThreads>(num_ranks());
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
     LoadedModel model, const EngineOptions& options, std::function<void(const StepReport&)> on_step,
     std::function<void(const absl::Status&)> on_fault) {
-  if (model.model == nullptr || model.cache == nullptr || model.tokenizer == nullptr) {
-    return absl::InvalidArgumentError(
-        "Engine: the model, its KV cache and its tokenizer are needed");
+  std::vector<LoadedModel> ranks;
+  ranks.push_back(std::move(model));
+  return Create(std::move(ranks), options, std::move(on_step), std::move(on_fault));
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
+    std::vector<LoadedModel> ranks, const EngineOptions& options,
+    std::function<void(const StepReport&)> on_step,
+    std::function<void(const absl::Status&)> on_fault) {
+  if (ranks.empty()) return absl::InvalidArgumentError("Engine: no model");
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    if (ranks[r].model == nullptr || ranks[r].cache == nullptr ||
+        (r == 0 && ranks[r].tokenizer == nullptr)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Engine: rank ", r,
+                       ": the model, its KV cache (and on rank 0 the tokenizer) are needed"));
+    }
+  }
+  const auto world = static_cast<int32_t>(ranks.size());
+  if (world > 1 || ranks[0].model->expert_parallel() != nullptr) {
+    for (int32_t r = 0; r < world; ++r) {
+      const kernels::Communicator* comm = ranks[r].model->expert_parallel();
+      if (comm == nullptr || comm->rank() != r || comm->world_size() != world) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Engine: model ", r, " of ", world, " is not rank ", r,
+                         " of an expert-parallel group of ", world,
+                         comm == nullptr ? " (it has no communicator)"
+                                         : absl::StrCat(" (its communicator is rank ", comm->rank(),
+                                                        " of ", comm->world_size(), ")")));
+      }
+      if (ranks[r].model->config().max_position_embeddings !=
+              ranks[0].model->config().max_position_embeddings ||
+          ranks[r].cache->num_blocks() != ranks[0].cache->num_blocks() ||
+          ranks[r].cache->block_size() != ranks[0].cache->block_size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Engine: rank ", r, "'s model or KV cache differs from rank 0's"));
+      }
+    }
   }
   if (options.max_batch_tokens < 1 || options.max_running < 1 || options.max_waiting < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -88,15 +127,23 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
         options.max_running, ") must be >= 1, max_waiting (", options.max_waiting, ") >= 0"));
   }
   std::unique_ptr<Engine> engine(
-      new Engine(std::move(model), options, std::move(on_step), std::move(on_fault)));
+      new Engine(std::move(ranks), options, std::move(on_step), std::move(on_fault)));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
+}
+
+KvCache& Engine::cache(const Sequence& s) { return *ranks_[s.rank].cache; }
+
+int64_t Engine::KvBlocksUsed() const {
+  int64_t used = 0;
+  for (const LoadedModel& r : ranks_) used += r.cache->num_blocks() - r.cache->num_free_blocks();
+  return used;
 }
 
 Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status Engine::Validate(const GenerationRequest& r) const {
-  const ModelConfig& c = model_.model->config();
+  const ModelConfig& c = model().config();
   const auto n = static_cast<int64_t>(r.prompt.size());
   if (n == 0) return absl::InvalidArgumentError("prompt: empty");
   if (n >= c.max_position_embeddings) {
@@ -148,13 +195,21 @@ absl::Status Engine::Validate(const GenerationRequest& r) const {
           absl::StrCat("num_activated_experts: ", r.num_activated_experts, " outside [1, ",
                        c.cmoe->num_routed(), "] (the routed experts of ", c.cmoe->Name(), ")"));
     }
+    if (model().expert_parallel() != nullptr &&
+        r.num_activated_experts != c.cmoe->num_activated_experts) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("num_activated_experts: this server spreads the experts over ", num_ranks(),
+                       " expert-parallel ranks, where every request uses the checkpoint's ",
+                       c.cmoe->num_activated_experts, "; leave it 0"));
+    }
   }
   const int64_t need = std::min(n + r.max_new_tokens, c.max_position_embeddings);
-  if (model_.cache->BlocksFor(need) > model_.cache->num_blocks()) {
+  const KvCache& kv = *ranks_[0].cache;  // every rank's is the same size
+  if (kv.BlocksFor(need) > kv.num_blocks()) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_new_tokens: prompt + max_new_tokens = ", need,
-                     " positions can never fit the KV cache (",
-                     model_.cache->num_blocks() * model_.cache->block_size(), " positions)"));
+                     " positions can never fit the KV cache (", kv.num_blocks() * kv.block_size(),
+                     " positions", ranks_.size() > 1 ? " per rank" : "", ")"));
   }
   return absl::OkStatus();
 }
@@ -167,7 +222,7 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
   s->submitted = std::chrono::steady_clock::now();
   s->sampler = std::make_unique<Sampler>(request.sampling);
   // Primed with the prompt's last token: the continuation keeps its leading space.
-  s->detok = std::make_unique<IncrementalDetokenizer>(*model_.tokenizer, request.prompt.back());
+  s->detok = std::make_unique<IncrementalDetokenizer>(tokenizer(), request.prompt.back());
   s->stops = std::make_unique<StopStringMatcher>(request.stop_strings);
   s->request = std::move(request);
   s->sink = std::move(sink);
@@ -178,7 +233,8 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
   }
   // Requests beyond the free running slots wait; at most max_waiting of them.
   const int64_t queued = stats_.waiting + static_cast<int64_t>(incoming_.size());
-  const int64_t free_slots = std::max<int64_t>(0, options_.max_running - stats_.running);
+  const int64_t free_slots =
+      std::max<int64_t>(0, options_.max_running * num_ranks() - stats_.running);
   if (queued >= options_.max_waiting + free_slots) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the waiting queue is full (", options_.max_waiting, " requests); retry later"));
@@ -257,13 +313,35 @@ void Engine::ExpireAndCancel() {
   for (auto& s : waiting_) check(*s);
 }
 
+int32_t Engine::PlaceOnRank(Sequence& s, int64_t need) {
+  std::vector<int64_t> running(ranks_.size(), 0);
+  for (const auto& r : running_) ++running[r->rank];
+  // The ranks with a free slot, fewest running sequences first, then most free KV blocks.
+  std::vector<int32_t> order;
+  for (int32_t r = 0; r < num_ranks(); ++r) {
+    if (running[r] < options_.max_running) order.push_back(r);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    if (running[a] != running[b]) return running[a] < running[b];
+    return ranks_[a].cache->num_free_blocks() > ranks_[b].cache->num_free_blocks();
+  });
+  for (int32_t r : order) {
+    if (ranks_[r].cache->Reserve(s.blocks, need).ok()) {
+      s.rank = r;
+      return r;
+    }
+  }
+  return -1;
+}
+
 void Engine::Admit() {
-  const int64_t context = model_.model->config().max_position_embeddings;
-  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
+  const int64_t context = model().config().max_position_embeddings;
+  while (!waiting_.empty() &&
+         static_cast<int64_t>(running_.size()) < options_.max_running * num_ranks()) {
     Sequence& s = *waiting_.front();
     const int64_t need =
         std::min(static_cast<int64_t>(s.request.prompt.size()) + s.request.max_new_tokens, context);
-    if (!model_.cache->Reserve(s.blocks, need).ok()) break;  // FIFO: wait for blocks
+    if (PlaceOnRank(s, need) < 0) break;  // FIFO: wait for blocks
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
@@ -299,97 +377,170 @@ void Engine::Loop() {
   }
 }
 
-void Engine::Step() {
+void Engine::PackRank(int32_t rank, RankStep& step) {
+  step.chunks.clear();
+  step.owners.clear();
+  step.device_sampling.clear();
+  step.device_sampling.reserve(running_.size());  // SequenceChunk::sample points into it
+  step.decode_tokens = step.prefill_tokens = 0;
+  step.status = absl::OkStatus();
   // Decodes first (one token each), then prompt chunks in admission order, under the budget.
-  std::vector<SequenceChunk> chunks;
-  std::vector<Sequence*> owners;
-  // The rows a device samples itself (SequenceChunk::sample points into this: no reallocation).
-  std::vector<kernels::RowSampling> device_sampling;
-  device_sampling.reserve(running_.size());
-  int64_t budget = options_.max_batch_tokens, decode_tokens = 0, prefill_tokens = 0;
+  int64_t budget = options_.max_batch_tokens;
   for (auto& s : running_) {
-    if (!s->decoding() || budget == 0) continue;
-    chunks.push_back({.tokens = {&s->generated.back(), 1},
-                      .start_pos = s->position() - 1,
-                      .blocks = &s->blocks,
-                      .num_activated_experts = s->request.num_activated_experts});
-    owners.push_back(s.get());
+    if (s->rank != rank || !s->decoding() || budget == 0) continue;
+    step.chunks.push_back({.tokens = {&s->generated.back(), 1},
+                           .start_pos = s->position() - 1,
+                           .blocks = &s->blocks,
+                           .num_activated_experts = s->request.num_activated_experts});
+    step.owners.push_back(s.get());
     --budget;
-    ++decode_tokens;
+    ++step.decode_tokens;
   }
   for (auto& s : running_) {
-    if (s->decoding() || budget == 0) continue;
+    if (s->rank != rank || s->decoding() || budget == 0) continue;
     const auto prompt = std::span<const int32_t>(s->request.prompt);
     const int64_t n = std::min<int64_t>(budget, static_cast<int64_t>(prompt.size()) - s->prefilled);
-    chunks.push_back({.tokens = prompt.subspan(static_cast<size_t>(s->prefilled), n),
-                      .start_pos = s->prefilled,
-                      .blocks = &s->blocks,
-                      .num_activated_experts = s->request.num_activated_experts});
-    owners.push_back(s.get());
+    step.chunks.push_back({.tokens = prompt.subspan(static_cast<size_t>(s->prefilled), n),
+                           .start_pos = s->prefilled,
+                           .blocks = &s->blocks,
+                           .num_activated_experts = s->request.num_activated_experts});
+    step.owners.push_back(s.get());
     budget -= n;
-    prefill_tokens += n;
+    step.prefill_tokens += n;
   }
-  if (chunks.empty()) return;
   // On a device, the chunks that end in a sampled token get it sampled there (only the id comes
   // back) unless the token needs the logits on the host: penalties, log-probabilities, or the
   // stop tokens masked until min_new_tokens.
-  if (model_.model->backend().IsDevice()) {
-    for (size_t i = 0; i < chunks.size(); ++i) {
-      Sequence& s = *owners[i];
-      const GenerationRequest& r = s.request;
-      const bool samples =
-          s.decoding() || s.prefilled + static_cast<int64_t>(chunks[i].tokens.size()) ==
-                              static_cast<int64_t>(r.prompt.size());
-      if (!samples || r.logprobs || static_cast<int64_t>(s.generated.size()) < r.min_new_tokens) {
-        continue;
-      }
-      std::optional<kernels::RowSampling> row = s.sampler->TakeBackendSampling();
-      if (!row.has_value()) continue;
-      device_sampling.push_back(*row);
-      chunks[i].sample = &device_sampling.back();
+  if (!ranks_[rank].model->backend().IsDevice()) return;
+  for (size_t i = 0; i < step.chunks.size(); ++i) {
+    Sequence& s = *step.owners[i];
+    const GenerationRequest& r = s.request;
+    const bool samples =
+        s.decoding() || s.prefilled + static_cast<int64_t>(step.chunks[i].tokens.size()) ==
+                            static_cast<int64_t>(r.prompt.size());
+    if (!samples || r.logprobs || static_cast<int64_t>(s.generated.size()) < r.min_new_tokens) {
+      continue;
     }
+    std::optional<kernels::RowSampling> row = s.sampler->TakeBackendSampling();
+    if (!row.has_value()) continue;
+    step.device_sampling.push_back(*row);
+    step.chunks[i].sample = &step.device_sampling.back();
   }
+}
+
+void Engine::RunRanks() {
+  const auto run = [this](int32_t r) {
+    RankStep& step = steps_[r];
+    Model& model = *ranks_[r].model;
+    step.status = step.chunks.empty() ? model.ForwardIdle()
+                                      : model.Forward(step.chunks, *ranks_[r].cache, step.out);
+    if (!step.status.ok() && model.expert_parallel() != nullptr) {
+      // The peers may be waiting in a collective this rank will never join: tear the group down
+      // so that they return.
+      for (LoadedModel& peer : ranks_) peer.model->expert_parallel()->Abort();
+    }
+  };
+  if (rank_threads_ == nullptr) {
+    run(0);
+  } else {
+    rank_threads_->Run(run);
+  }
+}
+
+void Engine::Step() {
+  bool any = false;
+  for (int32_t r = 0; r < num_ranks(); ++r) {
+    PackRank(r, steps_[r]);
+    any = any || !steps_[r].chunks.empty();
+  }
+  if (!any) return;
   Timer step_timer;
   const SteadyTime now = std::chrono::steady_clock::now();
-  for (Sequence* s : owners) {
-    if (!s->started) {
-      s->started = true;
-      s->first_step = now;
+  for (RankStep& step : steps_) {
+    for (Sequence* s : step.owners) {
+      if (!s->started) {
+        s->started = true;
+        s->first_step = now;
+      }
     }
   }
   Timer forward_timer;
-  ForwardOutput out;
-  const absl::Status status = model_.model->Forward(chunks, *model_.cache, out);
+  RunRanks();
   const double forward_seconds = forward_timer.Seconds();
   // Sampling and delivering the tokens below is serial (and the server's threads want the cores
-  // now): the backend's workers may sleep until the next step.
-  model_.model->backend().Idle();
-  if (!status.ok()) {
-    CMOE_LOG(ERROR) << "step of " << chunks.size() << " sequences failed: " << status;
-    for (Sequence* s : owners) Finish(*s, FinishReason::kError, status);
-    if (absl::Status health = model_.model->backend().Health(); !health.ok()) Fail(health);
+  // now): the backends' workers may sleep until the next step.
+  for (LoadedModel& r : ranks_) r.model->backend().Idle();
+  // The cause: the first rank's failure that is not the abort it caused on its peers.
+  int32_t failed_rank = -1;
+  for (int32_t r = 0; r < num_ranks(); ++r) {
+    const absl::Status& st = steps_[r].status;
+    if (st.ok()) continue;
+    if (failed_rank < 0 || (absl::IsAborted(steps_[failed_rank].status) && !absl::IsAborted(st))) {
+      failed_rank = r;
+    }
+  }
+  if (failed_rank >= 0) {
+    const absl::Status failed = steps_[failed_rank].status;
+    int64_t sequences = 0;
+    for (const RankStep& step : steps_) sequences += static_cast<int64_t>(step.owners.size());
+    CMOE_LOG(ERROR) << "step of " << sequences << " sequences failed"
+                    << (ranks_.size() > 1 ? absl::StrCat(" on rank ", failed_rank) : "") << ": "
+                    << failed;
+    for (RankStep& step : steps_) {
+      for (Sequence* s : step.owners) Finish(*s, FinishReason::kError, failed);
+    }
+    if (ranks_.size() > 1 || ranks_[0].model->expert_parallel() != nullptr) {
+      // A collective failed or was aborted: the group cannot step again.
+      Fail(Annotate(failed, absl::StrCat("expert-parallel rank ", failed_rank)));
+      return;
+    }
+    if (absl::Status health = ranks_[0].model->backend().Health(); !health.ok()) Fail(health);
     return;
   }
-  for (size_t i = 0; i < owners.size(); ++i) {
-    Sequence& s = *owners[i];
-    if (!s.decoding()) {
-      s.prefilled += static_cast<int64_t>(chunks[i].tokens.size());
-      if (!s.decoding()) continue;  // more prompt to go
+  int64_t decode_tokens = 0, prefill_tokens = 0;
+  for (int32_t r = 0; r < num_ranks(); ++r) {
+    RankStep& step = steps_[r];
+    for (size_t i = 0; i < step.owners.size(); ++i) {
+      Sequence& s = *step.owners[i];
+      if (!s.decoding()) {
+        s.prefilled += static_cast<int64_t>(step.chunks[i].tokens.size());
+        if (!s.decoding()) continue;  // more prompt to go
+      }
+      Advance(s, step.out.tokens[i] >= 0 ? std::span<const float>() : step.out.Logits(i),
+              step.out.tokens[i]);
     }
-    Advance(s, out.tokens[i] >= 0 ? std::span<const float>() : out.Logits(i), out.tokens[i]);
+    decode_tokens += step.decode_tokens;
+    prefill_tokens += step.prefill_tokens;
+    rank_tokens_[r] = step.decode_tokens + step.prefill_tokens;
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);
     ++stats_.steps;
   }
   if (on_step_) {
+    const FfnStepStats* ffn = &ranks_[0].model->last_step_stats();
+    if (ranks_.size() > 1) {  // the ranks' counters, summed
+      ffn_ = *ffn;
+      for (size_t r = 1; r < ranks_.size(); ++r) {
+        const FfnStepStats& o = ranks_[r].model->last_step_stats();
+        ffn_.tokens += o.tokens;
+        ffn_.neurons_computed += o.neurons_computed;
+        ffn_.neurons_dense += o.neurons_dense;
+        for (size_t i = 0; i < ffn_.tokens_per_expert.size() && i < o.tokens_per_expert.size();
+             ++i) {
+          ffn_.tokens_per_expert[i] += o.tokens_per_expert[i];
+        }
+      }
+      ffn = &ffn_;
+    }
     on_step_({.tokens = decode_tokens + prefill_tokens,
               .decode_tokens = decode_tokens,
               .prefill_tokens = prefill_tokens,
               .forward_seconds = forward_seconds,
               .step_seconds = step_timer.Seconds(),
-              .ffn = &model_.model->last_step_stats(),
-              .graph = model_.model->last_step_graphed()});
+              .ffn = ffn,
+              .graph = ranks_[0].model->last_step_graphed(),
+              .rank_tokens = rank_tokens_});
   }
 }
 
@@ -398,7 +549,7 @@ void Engine::Step() {
 // a stop condition holds.
 void Engine::Advance(Sequence& s, std::span<const float> logits, int32_t sampled) {
   const GenerationRequest& r = s.request;
-  const std::vector<int32_t>& eos = model_.model->config().eos_token_ids;
+  const std::vector<int32_t>& eos = model().config().eos_token_ids;
   const auto is_stop = [&](int32_t t) {
     return std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), t) !=
                r.stop_token_ids.end() ||
@@ -426,7 +577,7 @@ void Engine::Advance(Sequence& s, std::span<const float> logits, int32_t sampled
     if (text.ok()) event.text = s.stops->Push(*text);
   }
   s.sink->OnTokens(event);
-  const int64_t context = model_.model->config().max_position_embeddings;
+  const int64_t context = model().config().max_position_embeddings;
   if (stop_token) {
     Finish(s, FinishReason::kStopToken);
   } else if (s.stops->matched()) {
@@ -441,10 +592,10 @@ void Engine::Advance(Sequence& s, std::span<const float> logits, int32_t sampled
 void Engine::Finish(Sequence& s, FinishReason reason, absl::Status status) {
   if (s.finished) return;
   s.finished = true;
-  model_.cache->Release(s.blocks);
+  cache(s).Release(s.blocks);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stats_.kv_blocks_used = model_.cache->num_blocks() - model_.cache->num_free_blocks();
+    stats_.kv_blocks_used = KvBlocksUsed();
   }
   const SteadyTime now = std::chrono::steady_clock::now();
   FinishEvent event{.id = s.id,
@@ -487,7 +638,7 @@ void Engine::RemoveFinished() {
   std::lock_guard<std::mutex> lock(mutex_);
   stats_.running = static_cast<int64_t>(running_.size());
   stats_.waiting = static_cast<int64_t>(waiting_.size());
-  stats_.kv_blocks_used = model_.cache->num_blocks() - model_.cache->num_free_blocks();
+  stats_.kv_blocks_used = KvBlocksUsed();
   if (incoming_.empty() && running_.empty() && waiting_.empty()) idle_.notify_all();
 }
 

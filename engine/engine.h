@@ -23,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -30,14 +31,17 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/model_loader.h"
+#include "engine/rank_threads.h"
 #include "engine/request.h"
 
 namespace cmoe::engine {
 
 struct EngineOptions {
+  // Per rank (expert parallelism: each rank's batch is its own).
   int64_t max_batch_tokens = 512;  // tokens per step (decodes + prefill chunks), >= 1
   int64_t max_running = 64;        // sequences in the batch, >= 1
-  int64_t max_waiting = 256;       // admitted-later requests; beyond: ResourceExhausted
+  // For the whole engine.
+  int64_t max_waiting = 256;  // admitted-later requests; beyond: ResourceExhausted
 };
 
 // What one step did, for metrics (called on the step thread; must not block).
@@ -49,6 +53,8 @@ struct StepReport {
   double step_seconds = 0;     // the whole step: packing, forward, sampling, delivery to sinks
   const FfnStepStats* ffn = nullptr;  // the model's counters of this step
   bool graph = false;  // the step's layers ran as one device graph (Model::last_step_graphed)
+  // (ranks) rows of each expert-parallel rank in the step; one entry without parallelism.
+  std::span<const int64_t> rank_tokens;
 };
 
 // A consistent snapshot of the engine's queues and cache.
@@ -77,6 +83,20 @@ class Engine {
       LoadedModel model, const EngineOptions& options,
       std::function<void(const StepReport&)> on_step = nullptr,
       std::function<void(const absl::Status&)> on_fault = nullptr);
+
+  // Expert parallelism (LoadExpertParallelModels): ranks[r] is rank r of a group of
+  // ranks.size() models of one carved checkpoint, each with its communicator
+  // (Model::expert_parallel) and its own KV cache; ranks[0] carries the tokenizer. Each request
+  // is admitted to one rank (the one with the fewest running sequences that can hold it) and
+  // stays there. Every step runs all ranks' Forward at once, one thread per rank, a rank without
+  // sequences joining with ForwardIdle, so the ranks' collectives line up. A step that fails on
+  // any rank aborts the communicators (the peers' collectives return) and fails the engine for
+  // good, as a sticky device error does: the group's state is unknown. One rank without a
+  // communicator is the plain engine above. InvalidArgument for ranks that do not form a group.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(
+      std::vector<LoadedModel> ranks, const EngineOptions& options,
+      std::function<void(const StepReport&)> on_step = nullptr,
+      std::function<void(const absl::Status&)> on_fault = nullptr);
   ~Engine();  // Shutdown(absl::ZeroDuration()) if not done
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -85,9 +105,10 @@ class Engine {
   // empty prompt, unknown token ids, a prompt that leaves no room in the context, bad sampling
   // parameters, max_new_tokens < 1, min_new_tokens > max_new_tokens, top_logprobs outside
   // [0, kMaxTopLogprobs] (or set without logprobs), num_activated_experts out of range (or set
-  // for a dense model), or a prompt plus max_new_tokens that could never fit in the KV cache;
-  // ResourceExhausted when max_waiting requests already wait; Unavailable while draining or
-  // after Shutdown or a device failure. On error the sink is never called.
+  // for a dense model, or other than the checkpoint's under expert parallelism), or a prompt plus
+  // max_new_tokens that could never fit in the KV cache; ResourceExhausted when max_waiting
+  // requests already wait; Unavailable while draining or after Shutdown or a device failure. On
+  // error the sink is never called.
   absl::StatusOr<uint64_t> Submit(GenerationRequest request, std::shared_ptr<RequestSink> sink);
 
   // The request leaves the batch at the next step and its sink gets OnFinish(kCancelled).
@@ -101,13 +122,27 @@ class Engine {
   EngineStats Stats() const;
   // OK, or the Unavailable status of the device failure that stopped the engine.
   absl::Status Health() const;
-  const Model& model() const { return *model_.model; }
-  const Tokenizer& tokenizer() const { return *model_.tokenizer; }
+  // Rank 0's model (every rank runs the same checkpoint).
+  const Model& model() const { return *ranks_[0].model; }
+  const Tokenizer& tokenizer() const { return *ranks_[0].tokenizer; }
+  int32_t num_ranks() const { return static_cast<int32_t>(ranks_.size()); }
 
  private:
   struct Sequence;
 
-  Engine(LoadedModel model, const EngineOptions& options,
+  // What one rank runs in a step.
+  struct RankStep {
+    std::vector<SequenceChunk> chunks;
+    std::vector<Sequence*> owners;
+    // The rows a device samples itself (SequenceChunk::sample points into this).
+    std::vector<kernels::RowSampling> device_sampling;
+    ForwardOutput out;
+    absl::Status status;
+    int64_t decode_tokens = 0;
+    int64_t prefill_tokens = 0;
+  };
+
+  Engine(std::vector<LoadedModel> ranks, const EngineOptions& options,
          std::function<void(const StepReport&)> on_step,
          std::function<void(const absl::Status&)> on_fault);
   absl::Status Validate(const GenerationRequest& r) const;
@@ -116,12 +151,21 @@ class Engine {
   void ExpireAndCancel();
   void Admit();
   void Step();
+  // Packs rank `rank`'s decodes, then prompt chunks, under the per-rank token budget.
+  void PackRank(int32_t rank, RankStep& step);
+  // Runs every rank's Forward (ForwardIdle for an empty rank under parallelism).
+  void RunRanks();
+  // The rank a waiting sequence needing `need` positions is admitted to, its blocks reserved
+  // there; -1 when no rank can take it now.
+  int32_t PlaceOnRank(Sequence& s, int64_t need);
+  KvCache& cache(const Sequence& s);
+  int64_t KvBlocksUsed() const;
   void Advance(Sequence& s, std::span<const float> logits, int32_t sampled);
   void Finish(Sequence& s, FinishReason reason, absl::Status status = absl::OkStatus());
   void RemoveFinished();
   void Fail(const absl::Status& device_error);
 
-  LoadedModel model_;
+  std::vector<LoadedModel> ranks_;  // one without expert parallelism
   const EngineOptions options_;
   std::function<void(const StepReport&)> on_step_;
   std::function<void(const absl::Status&)> on_fault_;
@@ -141,7 +185,11 @@ class Engine {
   // Step thread only.
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
-  std::vector<float> masked_;  // logits with stop tokens masked (min_new_tokens)
+  std::vector<float> masked_;         // logits with stop tokens masked (min_new_tokens)
+  std::vector<RankStep> steps_;       // (ranks)
+  std::vector<int64_t> rank_tokens_;  // (ranks) for StepReport
+  FfnStepStats ffn_;                  // the ranks' counters of a step, summed (expert parallelism)
+  std::unique_ptr<RankThreads> rank_threads_;  // expert parallelism only
   std::thread thread_;
 };
 

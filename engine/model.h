@@ -92,8 +92,8 @@ struct ModelOptions {
   // layer (two AllToAllRows and one AllToAllCounts); attention and the shared experts run on
   // every rank for its own tokens. The communicator's memory must be the backend's (host for
   // the CPU backends, device for NCCL with CUDA). Every rank must call Forward for the same
-  // steps, concurrently, each with at least one sequence of its own, and no sequence may
-  // override num_activated_experts. Not owned: it must outlive the model. Null: no parallelism.
+  // steps, concurrently (ForwardIdle on a rank without sequences of its own), and no sequence
+  // may override num_activated_experts. Not owned: it must outlive the model. Null: no parallelism.
   kernels::Communicator* expert_parallel = nullptr;
 };
 
@@ -109,6 +109,12 @@ class Model {
   // blocks covering the positions) before touching the cache; on error nothing is written.
   absl::Status Forward(std::span<const SequenceChunk> chunks, KvCache& cache, ForwardOutput& out);
 
+  // Under expert parallelism, the step of a rank without sequences of its own: it joins every
+  // carved layer's exchanges with no rows and computes its experts for the peers' rows (every
+  // rank must take part in every step). last_step_stats() is zero afterwards.
+  // FailedPrecondition for a model without expert parallelism.
+  absl::Status ForwardIdle();
+
   // Forward without the LM head, with every layer's FFN replaced by `ffn` (called in layer order
   // after the layer's attention block and post-attention norm). Carving runs calibration tokens
   // through this: layer l's FFN input comes from layers 0..l-1 as already carved.
@@ -123,6 +129,8 @@ class Model {
   bool last_step_graphed() const { return graphed_; }
 
   const ModelConfig& config() const { return checkpoint_->config(); }
+  // ModelOptions::expert_parallel (null without expert parallelism).
+  kernels::Communicator* expert_parallel() const { return comm_; }
   const Checkpoint& checkpoint() const { return *checkpoint_; }
   kernels::Backend& backend() { return *backend_; }
 
@@ -162,8 +170,11 @@ class Model {
   absl::Status Resize(int64_t rows, bool dense_ffn);
   // engine/model_device.cc: the FFN of a device backend, and the step's counts brought back.
   absl::Status DeviceFfn(int64_t layer, std::span<const SequenceChunk> chunks);
-  // engine/model_expert_parallel.cc: the routed experts of one run over the communicator.
-  absl::Status ExpertParallelRun(int64_t layer, size_t run);
+  // engine/model_expert_parallel.cc: the routed experts of the run of `rows` tokens from
+  // `first_row` (0 rows: a rank with no tokens) over the communicator; its per-expert counts go
+  // to `counts` (backend memory; null: not wanted).
+  absl::Status ExpertParallelRun(int64_t layer, int64_t first_row, int64_t rows, int32_t k,
+                                 int32_t* counts);
   absl::Status DeviceBeginStep(std::span<const SequenceChunk> chunks);
   absl::Status DeviceFinishStep();
 

@@ -101,12 +101,12 @@ absl::Status Model::DeviceFfn(int64_t layer, std::span<const SequenceChunk> /*ch
                                       .scale = f.scale.as<float>(),
                                       .selected = dev.selected.as<int32_t>(),
                                       .weights = dev.route_weights.as<float>()}));
-    if (comm_ != nullptr) {  // the routed rows travel to the ranks owning their experts
-      CMOE_RETURN_IF_ERROR(ExpertParallelRun(layer, r));
-      continue;
-    }
     int32_t* counts =
         dev.counts.as<int32_t>() + (layer * static_cast<int64_t>(dev.runs.size()) + r) * experts;
+    if (comm_ != nullptr) {  // the routed rows travel to the ranks owning their experts
+      CMOE_RETURN_IF_ERROR(ExpertParallelRun(layer, run.first_row, run.rows, run.k, counts));
+      continue;
+    }
     CMOE_RETURN_IF_ERROR(b.BuildDispatch({.selected = dev.selected.as<int32_t>(),
                                           .num_tokens = run.rows,
                                           .k = run.k,

@@ -23,16 +23,32 @@
 
 namespace cmoe::engine {
 
-absl::Status Model::ExpertParallelRun(int64_t layer, size_t r) {
+absl::Status Model::ForwardIdle() {
+  if (comm_ == nullptr) {
+    return absl::FailedPreconditionError("ForwardIdle: only a model under expert parallelism");
+  }
+  stats_ = FfnStepStats{};
+  graphed_ = false;
+  const ModelConfig& c = config();
+  stats_.num_routed = c.cmoe->num_routed();
+  stats_.tokens_per_expert.assign(static_cast<size_t>(c.num_hidden_layers * stats_.num_routed), 0);
+  // No tokens of its own: only the exchanges of every carved layer, to serve the peers' rows.
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    if (device_->weights.ffn[layer].num_routed == 0) continue;
+    CMOE_RETURN_IF_ERROR(ExpertParallelRun(layer, /*first_row=*/0, /*rows=*/0,
+                                           c.cmoe->num_activated_experts, /*counts=*/nullptr));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::ExpertParallelRun(int64_t layer, int64_t first_row, int64_t rows, int32_t k,
+                                      int32_t* counts) {
   DeviceState& dev = *device_;
   DeviceState::ExpertParallel& ep = dev.ep;
   const DeviceFfnWeights& f = dev.weights.ffn[layer];
-  const DeviceState::Run& run = dev.runs[r];
   kernels::Backend& b = *backend_;
   kernels::Communicator& comm = *comm_;
   const int64_t d = config().hidden_size;
-  const int64_t rows = run.rows;
-  const int32_t k = run.k;
   const int64_t slots = rows * k;
   const int32_t experts = f.num_routed;
   const int32_t local = f.expert_gate_up.groups;
@@ -41,8 +57,10 @@ absl::Status Model::ExpertParallelRun(int64_t layer, size_t r) {
 
   // 1-2. The plans.
   ep.selected.resize(static_cast<size_t>(slots));
-  CMOE_RETURN_IF_ERROR(b.CopyToHost(ep.selected.data(), dev.selected.data(),
-                                    slots * static_cast<int64_t>(sizeof(int32_t))));
+  if (slots > 0) {
+    CMOE_RETURN_IF_ERROR(b.CopyToHost(ep.selected.data(), dev.selected.data(),
+                                      slots * static_cast<int64_t>(sizeof(int32_t))));
+  }
   CMOE_ASSIGN_OR_RETURN(const ExpertPlacement placement,
                         ExpertPlacement::Create(experts, comm.world_size()));
   CMOE_ASSIGN_OR_RETURN(const ExpertSendPlan send,
@@ -60,19 +78,19 @@ absl::Status Model::ExpertParallelRun(int64_t layer, size_t r) {
   const int64_t received = recv.source_offsets.back();
 
   // The per-expert counts of this rank's tokens, where DeviceFinishStep reads them.
-  ep.counts.assign(send.dispatch.counts.begin(), send.dispatch.counts.end());
-  int32_t* counts =
-      dev.counts.as<int32_t>() + (layer * static_cast<int64_t>(dev.runs.size()) + r) * experts;
-  CMOE_RETURN_IF_ERROR(
-      b.CopyToBackend(counts, ep.counts.data(), experts * static_cast<int64_t>(sizeof(int32_t))));
+  if (counts != nullptr) {
+    ep.counts.assign(send.dispatch.counts.begin(), send.dispatch.counts.end());
+    CMOE_RETURN_IF_ERROR(
+        b.CopyToBackend(counts, ep.counts.data(), experts * static_cast<int64_t>(sizeof(int32_t))));
+  }
 
   // 3. Rows out, in dispatch order.
   CMOE_RETURN_IF_ERROR(b.Reserve(ep.send, floats(std::max<int64_t>(slots, 1))));
   CMOE_RETURN_IF_ERROR(b.Reserve(ep.recv, floats(std::max<int64_t>(received, 1))));
   CMOE_RETURN_IF_ERROR(b.Reserve(ep.out, floats(std::max<int64_t>(received, 1))));
   CMOE_RETURN_IF_ERROR(b.Reserve(ep.back, floats(std::max<int64_t>(received, 1))));
-  const float* run_h = h_.as<float>() + run.first_row * d;
   if (slots > 0) {
+    const float* run_h = h_.as<float>() + first_row * d;
     CMOE_RETURN_IF_ERROR(
         b.Embedding({.data = run_h, .dtype = kernels::DType::kF32, .rows = rows, .cols = d},
                     send.dispatch.slot_token, ep.send.as<float>()));
@@ -146,7 +164,7 @@ absl::Status Model::ExpertParallelRun(int64_t layer, size_t r) {
                            .num_tokens = rows,
                            .k = k,
                            .dim = d,
-                           .x = x_.as<float>() + run.first_row * d});
+                           .x = x_.as<float>() + first_row * d});
 }
 
 }  // namespace cmoe::engine

@@ -9,11 +9,13 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
+#include "kernels/communicator.h"
 
 namespace cmoe::engine {
 
@@ -33,6 +35,9 @@ struct LoadOptions {
 };
 
 struct LoadedModel {
+  // Expert parallelism: this rank's communicator (the model's ModelOptions::expert_parallel;
+  // declared first, so it outlives the model). Null otherwise.
+  std::unique_ptr<kernels::Communicator> comm;
   std::unique_ptr<Model> model;
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<Tokenizer> tokenizer;  // null when not requested
@@ -40,6 +45,17 @@ struct LoadedModel {
 
 // Errors name the directory and what is wrong with it (see Checkpoint::Open, LoadTokenizer).
 absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options);
+
+// The ranks of expert parallelism in this process (Engine::Create over ranks): `world_size`
+// models of a carved checkpoint, rank r holding its block of every carved layer's routed experts
+// and a KV cache of its own (kv_cache_tokens each), joined by communicators
+// (kernels::CreateCommunicators). Devices: "cuda:N" puts rank r on GPU N + r (NCCL); "cpu" and
+// "reference" put every rank on the CPU with threads / world_size threads each (at least one; a
+// CPU group is for testing the parallel path: the single-rank CPU backend is faster). Only rank
+// 0 loads the tokenizer. InvalidArgument for world_size < 1, a dense checkpoint, or more ranks
+// than GPUs; errors of LoadModel and CreateCommunicators otherwise.
+absl::StatusOr<std::vector<LoadedModel>> LoadExpertParallelModels(const LoadOptions& options,
+                                                                  int32_t world_size);
 
 }  // namespace cmoe::engine
 

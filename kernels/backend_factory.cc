@@ -6,53 +6,9 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/reference_backend.h"
-#if defined(CMOE_HAVE_CUDA)
-#include <dlfcn.h>
-#include <unistd.h>
-
-#include <mutex>
-#endif
+#include "kernels/cuda_plugin_loader.h"
 
 namespace cmoe::kernels {
-
-#if defined(CMOE_HAVE_CUDA)
-namespace {
-
-using MakeCudaFn = void (*)(int, absl::StatusOr<std::unique_ptr<Backend>>*);
-constexpr char kPlugin[] = "libcmoe_kernels_cuda.so";
-
-// The plugin next to the program (<bin>/../lib), else on the library path; loaded once, never
-// unloaded (its backends may live until exit).
-absl::StatusOr<MakeCudaFn> LoadCudaPlugin() {
-  static std::once_flag once;
-  static absl::StatusOr<MakeCudaFn>* loaded = nullptr;
-  std::call_once(once, [] {
-    std::string error;
-    void* handle = nullptr;
-    char exe[4096];
-    const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n > 0) {
-      std::string path(exe, static_cast<size_t>(n));
-      path = path.substr(0, path.rfind('/')) + "/../lib/" + kPlugin;
-      handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-      if (handle == nullptr) error = dlerror();
-    }
-    if (handle == nullptr) handle = dlopen(kPlugin, RTLD_NOW | RTLD_LOCAL);
-    if (handle == nullptr) {
-      loaded = new absl::StatusOr<MakeCudaFn>(absl::UnavailableError(
-          absl::StrCat("cannot load the CUDA backend (", kPlugin, "): ", dlerror(), "; ", error)));
-      return;
-    }
-    auto make = reinterpret_cast<MakeCudaFn>(dlsym(handle, "CmoeMakeCudaBackend"));
-    loaded = make != nullptr ? new absl::StatusOr<MakeCudaFn>(make)
-                             : new absl::StatusOr<MakeCudaFn>(absl::UnavailableError(absl::StrCat(
-                                   kPlugin, " has no CmoeMakeCudaBackend: ", dlerror())));
-  });
-  return *loaded;
-}
-
-}  // namespace
-#endif
 
 absl::StatusOr<int> ParseCudaDevice(const std::string& device) {
   if (device == "cuda") return 0;
@@ -81,13 +37,14 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
     auto ordinal = ParseCudaDevice(options.device);
     if (!ordinal.ok()) return ordinal.status();
 #if defined(CMOE_HAVE_CUDA)
-    absl::StatusOr<MakeCudaFn> make = LoadCudaPlugin();
+    using MakeCudaFn = void (*)(int, absl::StatusOr<std::unique_ptr<Backend>>*);
+    absl::StatusOr<void*> make = CudaPluginSymbol("CmoeMakeCudaBackend");
     if (!make.ok()) {
       return absl::UnavailableError(
           absl::StrCat("--device ", options.device, ": ", make.status().message()));
     }
     absl::StatusOr<std::unique_ptr<Backend>> backend;
-    (*make)(*ordinal, &backend);
+    reinterpret_cast<MakeCudaFn> (*make)(*ordinal, &backend);
     if (!backend.ok()) {
       return absl::Status(backend.status().code(), absl::StrCat("--device ", options.device, ": ",
                                                                 backend.status().message()));

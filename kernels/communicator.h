@@ -10,6 +10,8 @@
 // Implementations:
 // - SingleProcessCommunicator (kernels/single_process_communicator.h): world size 1, host memory;
 //   the all-to-alls are copies.
+// - ThreadedCommunicator (kernels/threaded_communicator.h): W ranks as threads of one process,
+//   host memory (expert parallelism over CPU backends).
 // - NcclCommunicator (kernels/cuda/nccl_communicator.h, built when NCCL is found:
 //   CMOE_HAVE_NCCL) implements this interface on device memory with ncclSend/ncclRecv pairs
 //   inside ncclGroupStart/ncclGroupEnd, one rank per GPU. Every rank must then call the same
@@ -26,7 +28,8 @@
 // Errors: sizes are validated before anything is exchanged (InvalidArgument naming the operand).
 // A rank that fails a collective leaves its peers waiting inside it; as with NCCL, an error from a
 // collective is fatal for the whole group, and callers must tear the group down.
-// Threading: a communicator is used by one thread at a time (the rank's step thread).
+// Threading: a communicator is used by one thread at a time (the rank's step thread); Abort() is
+// the exception.
 #ifndef CMOE_KERNELS_COMMUNICATOR_H_
 #define CMOE_KERNELS_COMMUNICATOR_H_
 
@@ -74,6 +77,12 @@ class Communicator {
   // ones (NCCL) queue on a stream of their own: callers also make `send` complete before
   // AllToAllRows (e.g. Backend::Synchronize on its producer).
   virtual absl::Status Synchronize() { return absl::OkStatus(); }
+
+  // Tears the group down after one of its ranks failed: this rank's collectives, the one another
+  // thread may be waiting in and every later one, return an error (Aborted) instead of waiting
+  // for peers that will never come. The only call that may come from any thread, also while
+  // another is inside a collective; idempotent. The communicator is unusable afterwards.
+  virtual void Abort() = 0;
 };
 
 // The argument checks every implementation shares (local checks only: nothing here can see what

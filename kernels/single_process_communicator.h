@@ -6,10 +6,11 @@
 //   CMOE_RETURN_IF_ERROR(comm.AllToAllRows({.send = send, .send_counts = counts, .recv = recv,
 //                                           .recv_counts = counts, .row_width = dim}));
 //
-// Stateless; safe to use from one thread at a time like every Communicator.
+// Used from one thread at a time like every Communicator; after Abort() every call is Aborted.
 #ifndef CMOE_KERNELS_SINGLE_PROCESS_COMMUNICATOR_H_
 #define CMOE_KERNELS_SINGLE_PROCESS_COMMUNICATOR_H_
 
+#include <atomic>
 #include <cstdint>
 #include <span>
 
@@ -28,6 +29,10 @@ class SingleProcessCommunicator final : public Communicator {
                               int64_t per_peer) override;
   // recv = send; InvalidArgument also when recv_counts[0] != send_counts[0].
   absl::Status AllToAllRows(const AllToAllRowsArgs& args) override;
+  void Abort() override { aborted_ = true; }
+
+ private:
+  std::atomic<bool> aborted_{false};
 };
 
 }  // namespace cmoe::kernels

@@ -4,6 +4,7 @@
 //   cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N]
 //              [--max-batch-tokens 512] [--max-running 64] [--max-waiting 256]
 //              [--kv-cache-tokens N | --kv-cache-bytes 2GiB] [--kv-cache-dtype f32|bf16]
+//              [--device cpu|cuda[:N]] [--expert-parallel N]
 //              [--drain-timeout 30]
 //              [--metrics-port 9464]
 //
@@ -28,19 +29,23 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "engine/engine.h"
 #include "engine/kv_cache.h"
 #include "engine/model_config.h"
 #include "engine/model_loader.h"
+#include "kernels/backend_factory.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
 #include "tools/tool_util.h"
@@ -52,6 +57,11 @@ ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "Port to listen on (0: pick a free port)");
 ABSL_FLAG(std::string, device, "cpu", "Backend: cpu | reference | cuda[:N]");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the model (0: all cores)");
+ABSL_FLAG(int32_t, expert_parallel, 1,
+          "Expert-parallel ranks of a carved model: with --device cuda:K, GPUs K..K+N-1, each "
+          "holding 1/N of the routed experts and its own batch and KV cache of --kv-cache-* "
+          "(tokens travel by NCCL all-to-all); with --device cpu, N CPU ranks (for testing). "
+          "1: off");
 ABSL_FLAG(int64_t, max_batch_tokens, 512, "Tokens per engine step (decodes + prefill chunks)");
 ABSL_FLAG(int64_t, max_running, 64, "Sequences in the batch");
 ABSL_FLAG(int64_t, max_waiting, 256, "Queued requests; beyond: RESOURCE_EXHAUSTED");
@@ -72,6 +82,20 @@ namespace cmoe::server {
 namespace {
 
 constexpr char kServiceName[] = "cmoe.v1.Inference";
+constexpr int32_t kMaxExpertParallelRanks = 64;
+
+// What GetModelInfo reports as the device: "cpu", "cuda:1", or for expert parallelism the
+// ranks' devices, "cuda:0, cuda:1, cuda:2, cuda:3".
+absl::StatusOr<std::string> RankDevices(const std::string& device, int32_t ranks) {
+  if (ranks == 1) return device;
+  if (device == "cuda" || absl::StartsWith(device, "cuda:")) {
+    CMOE_ASSIGN_OR_RETURN(const int first, kernels::ParseCudaDevice(device));
+    std::vector<std::string> names;
+    for (int32_t r = 0; r < ranks; ++r) names.push_back(absl::StrCat("cuda:", first + r));
+    return absl::StrJoin(names, ", ");
+  }
+  return absl::StrCat(device, " x", ranks);
+}
 
 // "1073741824", "512K", "64KiB", "3M", "2GiB" (binary multiples) -> bytes. InvalidArgument naming
 // the flag for anything else, zero, or more than 2^50 bytes.
@@ -165,6 +189,19 @@ absl::Status Run() {
   }
   // Fail fast on a bad directory, before the server starts listening.
   CMOE_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(model_dir));
+  const int32_t ranks = absl::GetFlag(FLAGS_expert_parallel);
+  if (ranks < 1 || ranks > kMaxExpertParallelRanks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--expert-parallel ", ranks, " outside [1, ", kMaxExpertParallelRanks, "]"));
+  }
+  if (ranks > 1 && !config.cmoe.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--expert-parallel ", ranks, ": ", model_dir,
+                     " is a dense model; expert parallelism spreads a carved model's experts "
+                     "(carve it with cmoe-carve)"));
+  }
+  const std::string device = absl::GetFlag(FLAGS_device);
+  CMOE_ASSIGN_OR_RETURN(const std::string devices, RankDevices(device, ranks));
   CMOE_ASSIGN_OR_RETURN(const kernels::DType kv_dtype,
                         engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
   int64_t kv_tokens = absl::GetFlag(FLAGS_kv_cache_tokens);
@@ -220,15 +257,15 @@ absl::Status Run() {
   std::unique_ptr<ServerMetrics> metrics;
   if (metrics_port >= 0) {
     CMOE_ASSIGN_OR_RETURN(
-        metrics,
-        ServerMetrics::Create(
-            {.num_layers = config.num_hidden_layers,
-             .num_routed_experts = config.cmoe.has_value() ? config.cmoe->num_routed() : 0,
-             .ffn_neurons_per_token = config.intermediate_size * config.num_hidden_layers}));
+        metrics, ServerMetrics::Create(
+                     {.num_layers = config.num_hidden_layers,
+                      .num_routed_experts = config.cmoe.has_value() ? config.cmoe->num_routed() : 0,
+                      .ffn_neurons_per_token = config.intermediate_size * config.num_hidden_layers,
+                      .ranks = ranks}));
     CMOE_RETURN_IF_ERROR(metrics->StartExposer(HostPort(host, metrics_port)));
   }
 
-  InferenceService service({.model_name = name, .device = "cpu"}, metrics.get());
+  InferenceService service({.model_name = name, .device = devices}, metrics.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -249,12 +286,20 @@ absl::Status Run() {
     CMOE_LOG(INFO) << "metrics on http://" << HostPort(host, metrics->exposer_port()) << "/metrics";
   }
 
-  absl::StatusOr<engine::LoadedModel> loaded =
-      engine::LoadModel({.model_dir = model_dir,
-                         .device = absl::GetFlag(FLAGS_device),
-                         .threads = absl::GetFlag(FLAGS_threads),
-                         .kv_cache_tokens = kv_tokens,
-                         .kv_cache_dtype = kv_dtype});
+  const engine::LoadOptions load_options{.model_dir = model_dir,
+                                         .device = device,
+                                         .threads = absl::GetFlag(FLAGS_threads),
+                                         .kv_cache_tokens = kv_tokens,
+                                         .kv_cache_dtype = kv_dtype};
+  absl::StatusOr<std::vector<engine::LoadedModel>> loaded;
+  if (ranks > 1) {
+    loaded = engine::LoadExpertParallelModels(load_options, ranks);
+  } else if (absl::StatusOr<engine::LoadedModel> one = engine::LoadModel(load_options); one.ok()) {
+    loaded.emplace();
+    loaded->push_back(std::move(one).value());
+  } else {
+    loaded = one.status();
+  }
   std::function<void(const engine::StepReport&)> on_step;
   if (metrics != nullptr) {
     on_step = [m = metrics.get()](const engine::StepReport& report) { m->OnStep(report); };
@@ -280,9 +325,9 @@ absl::Status Run() {
   SetServing(*server, metrics.get(), true);
   // A device failure during the first requests may have run on_fault before the line above.
   if (!(*engine)->Health().ok()) SetServing(*server, metrics.get(), false);
-  CMOE_LOG(INFO) << "serving " << name << " (kv cache " << kv_tokens << " tokens, max running "
-                 << engine_options.max_running << ", max batch tokens "
-                 << engine_options.max_batch_tokens << ")";
+  CMOE_LOG(INFO) << "serving " << name << " on " << devices << " (kv cache " << kv_tokens
+                 << " tokens, max running " << engine_options.max_running << ", max batch tokens "
+                 << engine_options.max_batch_tokens << (ranks > 1 ? ", each per rank" : "") << ")";
 
   int sig = 0;
   sigwait(&signals, &sig);
@@ -310,6 +355,7 @@ int main(int argc, char** argv) {
       "cmoe-serve --model DIR [--host 127.0.0.1] [--port 50051] [--threads N] "
       "[--max-batch-tokens 512] [--max-running 64] [--max-waiting 256] [--kv-cache-tokens N | "
       "--kv-cache-bytes SIZE] [--kv-cache-dtype f32|bf16] "
+      "[--device cpu|cuda[:N]] [--expert-parallel N] "
       "[--drain-timeout 30] [--model-name NAME] [--metrics-port 9464]");
   if (!args.empty()) {
     return cmoe::tools::Fail("cmoe-serve",

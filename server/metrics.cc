@@ -73,6 +73,10 @@ const std::vector<MetricInfo>& ServerMetrics::Metrics() {
       {"cmoe_graph_steps_total", "counter", "",
        "Engine steps whose layers ran as one CUDA graph (decode steps on a GPU; compare with "
        "cmoe_step_duration_seconds_count)."},
+      {"cmoe_rank_tokens_total", "counter", "rank",
+       "Tokens (decodes plus prefill chunks) each expert-parallel rank ran for its own "
+       "sequences: the balance of requests over the GPUs (one series, rank 0, without expert "
+       "parallelism)."},
       {"cmoe_requests_total", "counter", "rpc,code,finish_reason",
        "Finished RPCs by RPC, gRPC status code and finish reason (none: never reached the "
        "engine)."},
@@ -148,6 +152,10 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(
                      options.num_routed_experts, ") and ffn_neurons_per_token (",
                      options.ffn_neurons_per_token, ") must be >= 0"));
   }
+  if (options.ranks < 1 || options.ranks > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics: ranks must be in 1..1024, got ", options.ranks));
+  }
   if (options.window_steps < 1 || options.window_steps > kMaxWindowSteps) {
     return absl::InvalidArgumentError(absl::StrCat(
         "metrics: window_steps must be in 1..", kMaxWindowSteps, ", got ", options.window_steps));
@@ -211,6 +219,10 @@ void ServerMetrics::Build() {
   forward_seconds_ =
       &Register(prometheus::BuildCounter(), "cmoe_model_forward_seconds_total", r).Add({});
   graph_steps_ = &Register(prometheus::BuildCounter(), "cmoe_graph_steps_total", r).Add({});
+  auto& rank_family = Register(prometheus::BuildCounter(), "cmoe_rank_tokens_total", r);
+  for (int64_t rank = 0; rank < options_.ranks; ++rank) {
+    rank_tokens_.push_back(&rank_family.Add({{"rank", std::to_string(rank)}}));
+  }
 
   requests_ = &Register(prometheus::BuildCounter(), "cmoe_requests_total", r);
   // Series of the expected outcomes start at zero (rate() sees their first increment, and the
@@ -355,6 +367,11 @@ void ServerMetrics::OnStep(const engine::StepReport& report) {
   step_duration_->Observe(std::max(report.step_seconds, 0.0));
   if (report.forward_seconds > 0) forward_seconds_->Increment(report.forward_seconds);
   if (report.graph) graph_steps_->Increment();
+  for (size_t rank = 0; rank < report.rank_tokens.size() && rank < rank_tokens_.size(); ++rank) {
+    if (report.rank_tokens[rank] > 0) {
+      rank_tokens_[rank]->Increment(static_cast<double>(report.rank_tokens[rank]));
+    }
+  }
   if (report.ffn == nullptr) return;
   const engine::FfnStepStats& ffn = *report.ffn;
 

@@ -67,6 +67,9 @@ struct MetricsOptions {
   // the dense count of a step whose FfnStepStats carries neurons_dense == 0. 0: unknown.
   int64_t ffn_neurons_per_token = 0;
   int64_t window_steps = 64;  // steps in the recent windows, >= 1
+  // Expert-parallel ranks of the engine (Engine::num_ranks), in [1, 1024]: one
+  // cmoe_rank_tokens_total series each.
+  int64_t ranks = 1;
 };
 
 // One metric family, for docs and dashboards.
@@ -140,6 +143,7 @@ class ServerMetrics {
   prometheus::Histogram* step_duration_ = nullptr;
   prometheus::Counter* forward_seconds_ = nullptr;
   prometheus::Counter* graph_steps_ = nullptr;
+  std::vector<prometheus::Counter*> rank_tokens_;  // (ranks)
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Counter* generated_tokens_ = nullptr;
   prometheus::Counter* ffn_computed_ = nullptr;

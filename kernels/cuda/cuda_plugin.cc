@@ -11,3 +11,26 @@ extern "C" __attribute__((visibility("default"))) void CmoeMakeCudaBackend(
     int device, absl::StatusOr<std::unique_ptr<cmoe::kernels::Backend>>* out) {
   *out = cmoe::kernels::cuda::MakeCudaBackend({.device = device});
 }
+
+#if defined(CMOE_HAVE_NCCL)
+#include <span>
+#include <vector>
+
+#include "kernels/communicator.h"
+#include "kernels/cuda/nccl_communicator.h"
+
+// One NCCL communicator per device (kernels/communicator_factory.cc).
+extern "C" __attribute__((visibility("default"))) void CmoeMakeNcclCommunicators(
+    const int* devices, int count,
+    absl::StatusOr<std::vector<std::unique_ptr<cmoe::kernels::Communicator>>>* out) {
+  auto comms = cmoe::kernels::cuda::MakeNcclCommunicators(
+      std::span<const int>(devices, static_cast<size_t>(count)));
+  if (!comms.ok()) {
+    *out = comms.status();
+    return;
+  }
+  std::vector<std::unique_ptr<cmoe::kernels::Communicator>> result;
+  for (auto& comm : *comms) result.push_back(std::move(comm));
+  *out = std::move(result);
+}
+#endif

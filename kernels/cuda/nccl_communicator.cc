@@ -60,7 +60,7 @@ NcclCommunicator::NcclCommunicator(ncclComm_t comm, int32_t rank, int32_t world_
 NcclCommunicator::~NcclCommunicator() {
   cudaSetDevice(device_);
   // After a failure peers may never match the queued operations: abort so the stream drains.
-  if (!failed_.ok()) Abort();
+  if (!failed_.ok() || abort_requested_) AbortComm();
   cudaStreamSynchronize(stream_);
   if (comm_ != nullptr) ncclCommDestroy(comm_);
   cudaFree(staging_);
@@ -68,10 +68,18 @@ NcclCommunicator::~NcclCommunicator() {
   cudaGetLastError();  // nothing to report from a destructor; leave the thread's error clean
 }
 
-void NcclCommunicator::Abort() {
+void NcclCommunicator::AbortComm() {
   if (comm_ == nullptr) return;
   ncclCommAbort(comm_);
   comm_ = nullptr;
+}
+
+absl::Status NcclCommunicator::CheckAbortRequested() {
+  if (!abort_requested_) return absl::OkStatus();
+  Fail(absl::AbortedError(absl::StrCat("NCCL rank ", rank_, ": the group was aborted")))
+      .IgnoreError();
+  AbortComm();
+  return failed_;
 }
 
 absl::Status NcclCommunicator::Fail(absl::Status status) {
@@ -133,6 +141,7 @@ absl::Status NcclCommunicator::GroupedExchange(const char* send,
 
 absl::Status NcclCommunicator::AllToAllRows(const AllToAllRowsArgs& args) {
   constexpr char kOp[] = "NcclCommunicator::AllToAllRows";
+  CMOE_RETURN_IF_ERROR(CheckAbortRequested());
   CMOE_RETURN_IF_ERROR(failed_);
   CMOE_RETURN_IF_ERROR(ValidateAllToAllRows(kOp, world_size_, args));
   CMOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
@@ -158,6 +167,7 @@ absl::StatusOr<int64_t*> NcclCommunicator::CountsStaging(int64_t values) {
 
 absl::Status NcclCommunicator::AllToAllCounts(std::span<const int64_t> send,
                                               std::span<int64_t> recv, int64_t per_peer) {
+  CMOE_RETURN_IF_ERROR(CheckAbortRequested());
   CMOE_RETURN_IF_ERROR(failed_);
   CMOE_RETURN_IF_ERROR(ValidateAllToAllCounts("NcclCommunicator::AllToAllCounts", world_size_, send,
                                               recv, per_peer));
@@ -191,12 +201,13 @@ absl::Status NcclCommunicator::Synchronize() {
       return Fail(CudaStatus(query, "cudaStreamQuery(stream_)", __FILE__, __LINE__));
     }
     cudaGetLastError();  // "not ready" is not an error: do not leave it for the next check
+    CMOE_RETURN_IF_ERROR(CheckAbortRequested());  // the kernels waiting for peers exit
     ncclResult_t async_error = ncclSuccess;
     CMOE_RETURN_IF_ERROR(Fail(CMOE_NCCL_STATUS(ncclCommGetAsyncError(comm_, &async_error))));
     if (async_error != ncclSuccess && async_error != ncclInProgress) {
       absl::Status status = Fail(NcclStatus(
           async_error, "a queued NCCL operation (ncclCommGetAsyncError)", __FILE__, __LINE__));
-      Abort();  // lets the stuck NCCL kernels on stream_ exit
+      AbortComm();  // lets the stuck NCCL kernels on stream_ exit
       return status;
     }
     std::this_thread::yield();

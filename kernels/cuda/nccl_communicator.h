@@ -41,6 +41,7 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -79,6 +80,13 @@ class NcclCommunicator final : public Communicator {
   // peer) meanwhile; such an error aborts the communicator and is returned.
   absl::Status Synchronize() override;
 
+  // Asks the communicator to abort (thread-safe, idempotent): the rank's thread notices before
+  // its next collective and while Synchronize() waits, aborts the NCCL communicator there
+  // (ncclCommAbort, so the kernels waiting for peers exit) and returns Aborted from then on. A
+  // thread blocked inside an NCCL call itself (a first connection to a peer that never comes)
+  // only notices when that call returns.
+  void Abort() override { abort_requested_ = true; }
+
   // OK, or the error that made the communicator unusable.
   absl::Status Health() const { return failed_; }
 
@@ -86,7 +94,10 @@ class NcclCommunicator final : public Communicator {
   // Remembers a non-OK status of a collective as the communicator's fatal error.
   absl::Status Fail(absl::Status status);
   // ncclCommAbort once (comm_ becomes null): queued NCCL work on stream_ exits without peers.
-  void Abort();
+  // On the rank's thread only.
+  void AbortComm();
+  // Aborted (and the communicator aborted) once Abort() was called; OK otherwise.
+  absl::Status CheckAbortRequested();
   // Device staging for AllToAllCounts: (2, values) int64, send then recv, grown on demand.
   absl::StatusOr<int64_t*> CountsStaging(int64_t values);
   // InvalidArgument unless `data` (non-null) is device or managed memory of this GPU.
@@ -103,7 +114,8 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream_;
   bool owns_stream_;
   absl::Status failed_;
-  int64_t* staging_ = nullptr;  // (2, staging_values_) int64 device: send, then recv
+  std::atomic<bool> abort_requested_{false};  // Abort(), from any thread
+  int64_t* staging_ = nullptr;                // (2, staging_values_) int64 device: send, then recv
   int64_t staging_values_ = 0;
 };
 

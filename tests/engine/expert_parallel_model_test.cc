@@ -5,8 +5,8 @@
 // one model without parallelism running the same sequences (f32 rounding aside: the experts'
 // matmuls group other rows), over a prefill step and decode steps, for W = 1 to 8 (W = 7 and 8
 // leave ranks without experts), with the same tokens routed to each expert. Also: W = 1 over
-// SingleProcessCommunicator, and the errors (a dense checkpoint, a num_activated_experts
-// override).
+// SingleProcessCommunicator, ranks without sequences (ForwardIdle), and the errors (a dense
+// checkpoint, a num_activated_experts override, ForwardIdle without parallelism).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -154,6 +154,38 @@ TEST(ExpertParallelModelTest, EveryRankMatchesOneModelForEveryWorldSize) {
   }
 }
 
+// Ranks without sequences of their own (the last W - 2 of W = 4) take every step with
+// ForwardIdle: they compute their experts for the other ranks' rows, whose logits must still
+// equal the reference's. An idle rank's step counts no tokens.
+TEST(ExpertParallelModelTest, IdleRanksServeTheirExperts) {
+  constexpr int32_t kWorld = 4;
+  const Trace want[2] = {Reference(0), Reference(1)};
+  std::vector<Trace> got(kWorld);
+  const std::vector<absl::Status> statuses =
+      testing::RunOnRanks(kWorld, [&](kernels::Communicator& comm) -> absl::Status {
+        CMOE_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, MakeModel(&comm));
+        CMOE_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, MakeCache(*model));
+        Trace& t = got[comm.rank()];
+        if (comm.rank() < 2) {
+          t.status = RunSteps(*model, *cache, comm.rank(), &want[comm.rank()], t);
+          return t.status;
+        }
+        for (int step = 0; step <= kDecodeSteps; ++step) {
+          CMOE_RETURN_IF_ERROR(model->ForwardIdle());
+          const FfnStepStats& stats = model->last_step_stats();
+          if (stats.tokens != 0 ||
+              std::any_of(stats.tokens_per_expert.begin(), stats.tokens_per_expert.end(),
+                          [](int64_t n) { return n != 0; })) {
+            return absl::InternalError("an idle rank counted tokens");
+          }
+        }
+        return absl::OkStatus();
+      });
+  for (int32_t r = 0; r < kWorld; ++r)
+    ASSERT_TRUE(statuses[r].ok()) << "rank " << r << ": " << statuses[r];
+  for (int32_t r = 0; r < 2; ++r) ExpectSameAsReference(got[r], want[r], absl::StrCat("rank ", r));
+}
+
 TEST(ExpertParallelModelTest, SingleProcessCommunicator) {
   const Trace want = Reference(0);
   kernels::SingleProcessCommunicator comm;
@@ -193,6 +225,11 @@ TEST(ExpertParallelModelTest, Errors) {
   const absl::Status s = (*model)->Forward({&chunk, 1}, **cache, out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("expert parallelism"), std::string::npos) << s;
+
+  // ForwardIdle is for ranks of a group only.
+  absl::StatusOr<std::unique_ptr<Model>> plain = MakeModel(nullptr);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ((*plain)->ForwardIdle().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

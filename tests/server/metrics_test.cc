@@ -96,6 +96,7 @@ TEST(ServerMetricsTest, EveryFamilyIsExposedWithItsType) {
       {"cmoe_step_duration_seconds", "histogram"},
       {"cmoe_model_forward_seconds_total", "counter"},
       {"cmoe_graph_steps_total", "counter"},
+      {"cmoe_rank_tokens_total", "counter"},
       {"cmoe_requests_total", "counter"},
       {"cmoe_prompt_tokens_total", "counter"},
       {"cmoe_generated_tokens_total", "counter"},
@@ -132,6 +133,7 @@ TEST(ServerMetricsTest, CreateRejectsBadOptions) {
   EXPECT_FALSE(ServerMetrics::Create({.num_layers = -1}).ok());
   EXPECT_FALSE(ServerMetrics::Create({.num_layers = 2, .num_routed_experts = -4}).ok());
   EXPECT_FALSE(ServerMetrics::Create({.num_layers = 2, .window_steps = 0}).ok());
+  EXPECT_FALSE(ServerMetrics::Create({.num_layers = 2, .ranks = 0}).ok());
   EXPECT_FALSE(ServerMetrics::Create({.num_layers = 1 << 20, .num_routed_experts = 1 << 10}).ok());
 }
 
@@ -206,6 +208,27 @@ TEST(ServerMetricsTest, StepWithoutFfnOrWithAMismatchedShapeIsSafe) {
   EXPECT_EQ(ValueOr(text, "cmoe_ffn_neurons_computed_total"), 5);
   EXPECT_EQ(ValueOr(text, "cmoe_expert_tokens_total{expert=\"0\",layer=\"0\"}"), 0);
   EXPECT_EQ(ValueOr(text, "cmoe_expert_load_imbalance{layer=\"0\"}"), 0);
+}
+
+TEST(ServerMetricsTest, RankTokensFollowTheSteps) {
+  auto metrics = ServerMetrics::Create({.num_layers = 1, .ranks = 3});
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  // Every rank's series exists up front, at zero.
+  EXPECT_EQ(ValueOr((*metrics)->Serialize(), "cmoe_rank_tokens_total{rank=\"2\"}", -1), 0);
+  const std::vector<int64_t> first = {5, 0, 2}, second = {1, 3, 0};
+  engine::StepReport step;
+  step.rank_tokens = first;
+  (*metrics)->OnStep(step);
+  step.rank_tokens = second;
+  (*metrics)->OnStep(step);
+  const std::vector<int64_t> too_many = {1, 1, 1, 1};  // more ranks than configured: ignored
+  step.rank_tokens = too_many;
+  (*metrics)->OnStep(step);
+  const std::string text = (*metrics)->Serialize();
+  EXPECT_EQ(ValueOr(text, "cmoe_rank_tokens_total{rank=\"0\"}"), 7);
+  EXPECT_EQ(ValueOr(text, "cmoe_rank_tokens_total{rank=\"1\"}"), 4);
+  EXPECT_EQ(ValueOr(text, "cmoe_rank_tokens_total{rank=\"2\"}"), 3);
+  EXPECT_THAT(text, Not(HasSubstr("cmoe_rank_tokens_total{rank=\"3\"}")));
 }
 
 TEST(ServerMetricsTest, DenseModelHasNoExpertSeries) {

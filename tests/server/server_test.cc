@@ -542,6 +542,55 @@ TEST(ServerMetricsTest, CarvedModelTrafficIsCounted) {
   EXPECT_EQ(server.Terminate(), 0);
 }
 
+// --expert-parallel 2 on the CPU: the carved model's routed experts on two ranks, each with its
+// own batch and KV cache. Four concurrent greedy streams give the texts one rank gives, both
+// ranks run tokens (cmoe_rank_tokens_total), and GetModelInfo names the ranks' devices.
+TEST(ServerExpertParallelTest, TwoRanksServeTheSameTextsAsOne) {
+  if (!cmoe::testing::HaveCarveInputs()) {
+    GTEST_SKIP() << "no shared model " << kModel << " or tinystories_val.txt";
+  }
+  cmoe::testing::ScratchDir scratch;
+  const std::string carved = scratch.Join("carved");
+  ASSERT_TRUE(cmoe::testing::Succeeded(cmoe::testing::CarveTinyStories("S2A2E8", carved)));
+  constexpr int kStreams = 4;
+  const auto run_streams = [](ServerProcess& server) {
+    std::vector<StreamResult> results(kStreams);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kStreams; ++i) {
+      threads.emplace_back(
+          [&, i] { results[i] = RunStream(*server.Stub(), GreedyRequest(12 + 2 * i)); });
+    }
+    for (std::thread& t : threads) t.join();
+    return results;
+  };
+  std::vector<StreamResult> want;
+  {
+    ServerProcess one;
+    ASSERT_EQ(one.Start({"--threads", "1"}, carved), "");
+    ASSERT_TRUE(WaitServing(one.channel().get()));
+    want = run_streams(one);
+    EXPECT_EQ(one.Terminate(), 0);
+  }
+  ServerProcess two;
+  ASSERT_EQ(two.Start({"--expert-parallel", "2", "--threads", "2"}, carved), "");
+  ASSERT_TRUE(WaitServing(two.channel().get()));
+  const std::vector<StreamResult> got = run_streams(two);
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(want[i].status.ok()) << want[i].status.error_message();
+    ASSERT_TRUE(got[i].status.ok()) << got[i].status.error_message();
+    EXPECT_EQ(got[i].tokens, want[i].tokens) << "stream " << i;
+    EXPECT_EQ(got[i].text, want[i].text) << "stream " << i;
+  }
+  grpc::ClientContext info_context;
+  v1::GetModelInfoResponse info;
+  ASSERT_TRUE(two.Stub()->GetModelInfo(&info_context, {}, &info).ok());
+  EXPECT_EQ(info.device(), "cpu x2");
+  const std::vector<Sample> samples = ParseSamples(Scrape(two.metrics_port()));
+  EXPECT_GT(Value(samples, "cmoe_rank_tokens_total", {{"rank", "0"}}).value_or(0), 0);
+  EXPECT_GT(Value(samples, "cmoe_rank_tokens_total", {{"rank", "1"}}).value_or(0), 0);
+  EXPECT_EQ(two.Terminate(), 0);
+}
+
 // A metrics port that is taken is a startup error.
 TEST(ServerMetricsTest, MetricsPortInUseFailsTheStart) {
   if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel))) {
@@ -585,6 +634,8 @@ TEST(ServerFlagsTest, BadFlagsAreErrors) {
       {{"--kv-cache-bytes", "1000000G"}, "2^31 - 1 slots"},
       {{"--kv-cache-bytes", "1M", "--kv-cache-tokens", "64"}, "exclusive"},
       {{"--kv-cache-dtype", "fp8"}, "f32 or bf16"},
+      {{"--expert-parallel", "0"}, "--expert-parallel 0 outside [1, 64]"},
+      {{"--expert-parallel", "2"}, "is a dense model"},
   };
   for (const auto& [flags, mention] : cases) {
     std::vector<std::string> args = {"--model", model, "--port", "0", "--metrics-port", "0"};
