@@ -124,6 +124,11 @@ done
 render_ok kv-cache-bf16 --set server.kvCacheDtype=bf16
 grep -qF -- '- "--kv-cache-dtype=bf16"' "$rendered/kv-cache-bf16.yaml" ||
   fail "kv-cache-bf16: server.kvCacheDtype does not reach --kv-cache-dtype"
+render_ok expert-parallel --set gpu.enabled=true --set gpu.count=4 --set server.expertParallel=4
+grep -qF -- '- "--expert-parallel=4"' "$rendered/expert-parallel.yaml" ||
+  fail "expert-parallel: server.expertParallel does not reach --expert-parallel"
+grep -qF -- '--expert-parallel' "$rendered/kv-cache-bf16.yaml" &&
+  fail "kv-cache-bf16: --expert-parallel given with server.expertParallel 1"
 render_ok release-in-namespace --name prod --namespace inference --set autoscaling.keda.enabled=true
 grep -qF 'query: "sum(cmoe_waiting_requests{namespace=\"inference\", service=\"prod-cmoe-serve\"})"' \
   "$rendered/release-in-namespace.yaml" ||
@@ -147,6 +152,9 @@ invalid=(
   "kv cache in Kubernetes units|server.kvCacheBytes \"2Gi\"|--set server.kvCacheBytes=2Gi"
   "kv cache dtype|server.kvCacheDtype \"fp8\": f32 or bf16|--set server.kvCacheDtype=fp8"
   "no GPU|gpu.count must be at least 1|--set gpu.enabled=true --set gpu.count=0"
+  "expert parallel without GPUs|server.expertParallel 2 needs gpu.enabled and gpu.count >= 2|--set server.expertParallel=2"
+  "expert parallel over too few GPUs|server.expertParallel 4 needs gpu.enabled|--set gpu.enabled=true --set gpu.count=2 --set server.expertParallel=4"
+  "expert parallel zero|server.expertParallel 0: between 1 and 64|--set server.expertParallel=0"
   "autoscaling range|want 1 <= minReplicas (5) <= maxReplicas (2)|--set autoscaling.hpa.enabled=true --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=2"
   "autoscaling from zero|want 1 <= minReplicas (0)|--set autoscaling.keda.enabled=true --set autoscaling.minReplicas=0"
   "pdb both|pdb.maxUnavailable and pdb.minAvailable are exclusive|--set pdb.minAvailable=1"

@@ -81,6 +81,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - {{ printf "--kv-cache-bytes=%s" . | quote }}
 {{- end }}
 - {{ printf "--kv-cache-dtype=%s" ($s.kvCacheDtype | default "f32") | quote }}
+{{- if gt (int64 (dig "expertParallel" 1 $s)) 1 }}
+- {{ printf "--expert-parallel=%d" (int64 $s.expertParallel) | quote }}
+{{- end }}
 - {{ printf "--drain-timeout=%v" (float64 $s.drainTimeoutSeconds) | quote }}
 {{- range $s.extraArgs }}
 - {{ . | quote }}
@@ -161,6 +164,13 @@ work; rendered (as nothing) by the Deployment, so every install runs them.
 {{- end }}
 {{- if and .Values.gpu.enabled (lt (int64 .Values.gpu.count) 1) }}
 {{- fail "gpu.count must be at least 1 with gpu.enabled" }}
+{{- end }}
+{{- $ep := int64 (dig "expertParallel" 1 $s) }}
+{{- if or (lt $ep 1) (gt $ep 64) }}
+{{- fail (printf "server.expertParallel %v: between 1 and 64" $s.expertParallel) }}
+{{- end }}
+{{- if and (gt $ep 1) (or (not .Values.gpu.enabled) (lt (int64 .Values.gpu.count) $ep)) }}
+{{- fail (printf "server.expertParallel %d needs gpu.enabled and gpu.count >= %d (one GPU per rank)" $ep $ep) }}
 {{- end }}
 {{- end }}
 
