@@ -5,16 +5,18 @@
 // held-out TinyStories text must agree to 0.5 %. Decode steps run as CUDA graphs (updated, not
 // rebuilt, from step to step); a decode batch too large for them falls back to op by op. One model
 // runs with a BF16 KV cache on both sides. With NCCL, expert parallelism over a world of one GPU
-// matches the model without it.
+// matches the model without it, and so does the serving engine over it.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/logging.h"
+#include "engine/engine.h"
 #include "engine/generation.h"
 #include "engine/model_loader.h"
 #include "engine/perplexity.h"
@@ -24,6 +26,7 @@
 #if CMOE_HAVE_NCCL
 #include "kernels/cuda/nccl_communicator.h"
 #endif
+#include "tests/engine/engine_test_util.h"
 #include "tests/engine/shared_models.h"
 #include "tests/test_util.h"
 
@@ -217,6 +220,42 @@ TEST(CudaModelExpertParallel, NcclWorldOfOneMatchesTheModel) {
       inputs[s] = {static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin())};
     }
   }
+}
+
+// The serving engine over NCCL expert parallelism with one GPU (LoadExpertParallelModels, as
+// cmoe-serve --expert-parallel runs it): concurrent greedy requests give the tokens of the engine
+// without parallelism on the same GPU.
+TEST(CudaModelExpertParallel, EngineOverNcclWorldOfOneServesLikeOneGpu) {
+  std::string reason;
+  if (!HaveGpu(&reason)) GTEST_SKIP() << reason;
+  testing::ScratchDir scratch;
+  const std::string dir = testing::CarveSharedModel("stories260K", 8, 2, 2, scratch.Join("c"));
+  const auto generate = [](Engine& engine) {
+    const std::vector<int32_t> sample = testing::SampleTokens(engine.tokenizer());
+    std::vector<std::shared_ptr<testing::RecordingSink>> sinks;
+    for (int i = 0; i < 4; ++i) {
+      sinks.push_back(std::make_shared<testing::RecordingSink>());
+      testing::SubmitOk(
+          engine, testing::Greedy(testing::Slice(sample, 29 * i, 4 + 3 * i), 16, true), sinks[i]);
+    }
+    std::vector<std::vector<int32_t>> tokens;
+    for (auto& sink : sinks) {
+      CMOE_CHECK(sink->WaitFinished());
+      tokens.push_back(sink->tokens());
+    }
+    return tokens;
+  };
+  auto plain = Engine::Create(Load(dir, "cuda"), {});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  const std::vector<std::vector<int32_t>> want = generate(**plain);
+  (*plain)->Shutdown(absl::ZeroDuration());
+  auto ranks = LoadExpertParallelModels({.model_dir = dir, .device = "cuda:0"}, 1);
+  ASSERT_TRUE(ranks.ok()) << ranks.status();
+  auto parallel = Engine::Create(std::move(ranks).value(), {});
+  ASSERT_TRUE(parallel.ok()) << parallel.status();
+  EXPECT_EQ(generate(**parallel), want);
+  EXPECT_TRUE((*parallel)->Health().ok()) << (*parallel)->Health();
+  (*parallel)->Shutdown(absl::ZeroDuration());
 }
 #endif  // CMOE_HAVE_NCCL
 
