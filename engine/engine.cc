@@ -486,15 +486,17 @@ void Engine::Step() {
     CMOE_LOG(ERROR) << "step of " << sequences << " sequences failed"
                     << (ranks_.size() > 1 ? absl::StrCat(" on rank ", failed_rank) : "") << ": "
                     << failed;
-    for (RankStep& step : steps_) {
-      for (Sequence* s : step.owners) Finish(*s, FinishReason::kError, failed);
-    }
+    std::vector<Sequence*> owners;
+    for (RankStep& step : steps_)
+      owners.insert(owners.end(), step.owners.begin(), step.owners.end());
     if (ranks_.size() > 1 || ranks_[0].model->expert_parallel() != nullptr) {
       // A collective failed or was aborted: the group cannot step again.
-      Fail(Annotate(failed, absl::StrCat("expert-parallel rank ", failed_rank)));
-      return;
+      Fail(Annotate(failed, absl::StrCat("expert-parallel rank ", failed_rank)), owners, failed);
+    } else if (absl::Status health = ranks_[0].model->backend().Health(); !health.ok()) {
+      Fail(health, owners, failed);
+    } else {
+      for (Sequence* s : owners) Finish(*s, FinishReason::kError, failed);
     }
-    if (absl::Status health = ranks_[0].model->backend().Health(); !health.ok()) Fail(health);
     return;
   }
   int64_t decode_tokens = 0, prefill_tokens = 0;
@@ -616,7 +618,8 @@ void Engine::Finish(Sequence& s, FinishReason reason, absl::Status status) {
 }
 
 // The device is gone for this process (a sticky CUDA error): nothing can run any more.
-void Engine::Fail(const absl::Status& device_error) {
+void Engine::Fail(const absl::Status& device_error, std::span<Sequence* const> step_owners,
+                  const absl::Status& step_error) {
   const absl::Status status = absl::UnavailableError(absl::StrCat(
       "the device failed and this server must be restarted: ", device_error.message()));
   CMOE_LOG(ERROR) << status;
@@ -626,6 +629,7 @@ void Engine::Fail(const absl::Status& device_error) {
   }
   // Stop serving before the clients hear of the failure (they may retry at once).
   if (on_fault_) on_fault_(status);
+  for (Sequence* s : step_owners) Finish(*s, FinishReason::kError, step_error);
   TakeIncoming();
   for (auto& s : running_) Finish(*s, FinishReason::kError, status);
   for (auto& s : waiting_) Finish(*s, FinishReason::kError, status);

@@ -77,7 +77,7 @@ class Engine {
   // a sticky device error (Backend::Health), the engine fails for good: every running, waiting
   // and queued request finishes with kError and an Unavailable status naming the device error,
   // Submit answers that status from then on, Health() returns it, and `on_fault` is called once
-  // with it on the step thread before any of those requests hears of it (the server turns its
+  // with it on the step thread before any request hears of the failure (the server turns its
   // health to NOT_SERVING there).
   static absl::StatusOr<std::unique_ptr<Engine>> Create(
       LoadedModel model, const EngineOptions& options,
@@ -163,7 +163,11 @@ class Engine {
   void Advance(Sequence& s, std::span<const float> logits, int32_t sampled);
   void Finish(Sequence& s, FinishReason reason, absl::Status status = absl::OkStatus());
   void RemoveFinished();
-  void Fail(const absl::Status& device_error);
+  // The engine fails for good (see Create): fault_ is set and on_fault_ called, then the
+  // sequences of the failed step finish with `step_error`, every other one with the engine's
+  // Unavailable status.
+  void Fail(const absl::Status& device_error, std::span<Sequence* const> step_owners,
+            const absl::Status& step_error);
 
   std::vector<LoadedModel> ranks_;  // one without expert parallelism
   const EngineOptions options_;

@@ -127,7 +127,7 @@ grep -qF -- '- "--kv-cache-dtype=bf16"' "$rendered/kv-cache-bf16.yaml" ||
 render_ok expert-parallel --set gpu.enabled=true --set gpu.count=4 --set server.expertParallel=4
 grep -qF -- '- "--expert-parallel=4"' "$rendered/expert-parallel.yaml" ||
   fail "expert-parallel: server.expertParallel does not reach --expert-parallel"
-grep -qF -- '--expert-parallel' "$rendered/kv-cache-bf16.yaml" &&
+grep -qF -- '"--expert-parallel=' "$rendered/kv-cache-bf16.yaml" &&
   fail "kv-cache-bf16: --expert-parallel given with server.expertParallel 1"
 render_ok release-in-namespace --name prod --namespace inference --set autoscaling.keda.enabled=true
 grep -qF 'query: "sum(cmoe_waiting_requests{namespace=\"inference\", service=\"prod-cmoe-serve\"})"' \
