@@ -97,8 +97,9 @@ absl::StatusOr<ActivationMarkers> BuildTopKMarkers(std::span<const float> scores
 }
 
 // The x86-64 baseline has no POPCNT instruction (std::popcount becomes a libgcc call, ~5x
-// slower on the cost matrix); clone the loop for CPUs that have it, chosen at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// slower on the cost matrix); clone the loop for CPUs that have it, chosen at load time. Not
+// under ThreadSanitizer: its instrumented resolver would run at relocation, before TSan is up.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("popcnt", "default")))
 #endif
 int64_t
