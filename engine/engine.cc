@@ -487,8 +487,9 @@ void Engine::Step() {
                     << (ranks_.size() > 1 ? absl::StrCat(" on rank ", failed_rank) : "") << ": "
                     << failed;
     std::vector<Sequence*> owners;
-    for (RankStep& step : steps_)
+    for (RankStep& step : steps_) {
       owners.insert(owners.end(), step.owners.begin(), step.owners.end());
+    }
     if (ranks_.size() > 1 || ranks_[0].model->expert_parallel() != nullptr) {
       // A collective failed or was aborted: the group cannot step again.
       Fail(Annotate(failed, absl::StrCat("expert-parallel rank ", failed_rank)), owners, failed);
