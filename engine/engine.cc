@@ -112,8 +112,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
                                          : absl::StrCat(" (its communicator is rank ", comm->rank(),
                                                         " of ", comm->world_size(), ")")));
       }
-      if (ranks[r].model->config().max_position_embeddings !=
-              ranks[0].model->config().max_position_embeddings ||
+      // The same checkpoint: the same collectives, layer by layer, and the same positions.
+      const ModelConfig& a = ranks[r].model->config();
+      const ModelConfig& b = ranks[0].model->config();
+      if (a.max_position_embeddings != b.max_position_embeddings ||
+          a.num_hidden_layers != b.num_hidden_layers || a.vocab_size != b.vocab_size ||
+          a.cmoe.has_value() != b.cmoe.has_value() ||
+          (a.cmoe.has_value() && a.cmoe->Name() != b.cmoe->Name()) ||
           ranks[r].cache->num_blocks() != ranks[0].cache->num_blocks() ||
           ranks[r].cache->block_size() != ranks[0].cache->block_size()) {
         return absl::InvalidArgumentError(
@@ -128,8 +133,25 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
   }
   std::unique_ptr<Engine> engine(
       new Engine(std::move(ranks), options, std::move(on_step), std::move(on_fault)));
+  CMOE_RETURN_IF_ERROR(engine->ConnectRanks());
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
+}
+
+absl::Status Engine::ConnectRanks() {
+  if (ranks_[0].model->expert_parallel() == nullptr) return absl::OkStatus();
+  // One empty step on every rank: every pair of ranks exchanges once, so the connections a
+  // communicator makes on first use (NCCL's, which block until the peer joins and cannot be
+  // aborted) exist before a rank can fail in a step.
+  for (RankStep& step : steps_) step.chunks.clear();
+  RunRanks();
+  for (int32_t r = 0; r < num_ranks(); ++r) {
+    if (!steps_[r].status.ok()) {
+      return Annotate(steps_[r].status,
+                      absl::StrCat("connecting expert-parallel rank ", r, " to its peers"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 KvCache& Engine::cache(const Sequence& s) { return *ranks_[s.rank].cache; }

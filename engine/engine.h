@@ -91,8 +91,11 @@ class Engine {
   // stays there. Every step runs all ranks' Forward at once, one thread per rank, a rank without
   // sequences joining with ForwardIdle, so the ranks' collectives line up. A step that fails on
   // any rank aborts the communicators (the peers' collectives return) and fails the engine for
-  // good, as a sticky device error does: the group's state is unknown. One rank without a
-  // communicator is the plain engine above. InvalidArgument for ranks that do not form a group.
+  // good, as a sticky device error does: the group's state is unknown. Before serving, every
+  // rank takes one empty step, so that each pair has exchanged once (NCCL connects on first use,
+  // and a connection waiting for a peer cannot be aborted); its error is returned. One rank
+  // without a communicator is the plain engine above. InvalidArgument for ranks that do not form
+  // a group (models of different checkpoints, caches of different sizes).
   static absl::StatusOr<std::unique_ptr<Engine>> Create(
       std::vector<LoadedModel> ranks, const EngineOptions& options,
       std::function<void(const StepReport&)> on_step = nullptr,
@@ -151,6 +154,8 @@ class Engine {
   void ExpireAndCancel();
   void Admit();
   void Step();
+  // Under expert parallelism, an empty step on every rank before serving (see Create).
+  absl::Status ConnectRanks();
   // Packs rank `rank`'s decodes, then prompt chunks, under the per-rank token budget.
   void PackRank(int32_t rank, RankStep& step);
   // Runs every rank's Forward (ForwardIdle for an empty rank under parallelism).

@@ -20,30 +20,42 @@ struct ThreadedCommunicator::Post {
 struct ThreadedCommunicator::Group {
   explicit Group(int32_t world_size) : world_size(world_size), posts(world_size) {}
 
-  // Waits until every rank still in the group has arrived. False once the group is aborted.
-  bool ArriveAndWait() {
+  struct Arrival {
+    bool completed;  // every rank still in the group arrived (the barrier was passed)
+    bool aborted;    // the group is aborted
+  };
+
+  // Waits until every rank still in the group has arrived. `releasable`: an abort also ends the
+  // wait, uncompleted (the posting phase); the leaving phase waits for completion even after an
+  // abort, because every rank that passed the posting barrier still reads its peers' buffers and
+  // comes here next: releasing one early would let it free a buffer a peer still reads.
+  Arrival ArriveAndWait(bool releasable) {
     std::unique_lock<std::mutex> lock(mu);
-    if (aborted) return false;
+    if (aborted && releasable) return {false, true};
     const int64_t generation = generations;
     if (++arrived + departed == world_size) {
-      // A rank that departed will never arrive: the others would wait forever.
-      aborted = departed > 0;
-      arrived = 0;
-      ++generations;
-      cv.notify_all();
-      return !aborted;
+      Complete();
+      return {true, aborted};
     }
-    cv.wait(lock, [&] { return generations != generation || aborted; });
-    return !aborted;
+    cv.wait(lock, [&] { return generations != generation || (releasable && aborted); });
+    return {generations != generation, aborted};
   }
 
   void Depart(bool failed) {
     std::lock_guard<std::mutex> lock(mu);
     ++departed;
-    if (failed || (arrived > 0 && arrived + departed == world_size)) {
-      aborted = true;
-      cv.notify_all();
-    }
+    aborted = aborted || failed;
+    // The ranks waiting in a barrier would wait forever for this one.
+    if (arrived > 0 && arrived + departed == world_size) Complete();
+    cv.notify_all();
+  }
+
+  // The current barrier is passed (mu held); with a departed rank the group is aborted.
+  void Complete() {
+    aborted = aborted || departed > 0;
+    arrived = 0;
+    ++generations;
+    cv.notify_all();
   }
 
   void Abort() {
@@ -90,10 +102,13 @@ void ThreadedCommunicator::Depart(bool failed) {
   group_->Depart(failed);
 }
 
-absl::Status ThreadedCommunicator::Publish(const Post& post) {
+absl::Status ThreadedCommunicator::Publish(const Post& post, bool& posted) {
+  posted = false;
   if (departed_) return absl::FailedPreconditionError("this rank has left the group");
   group_->posts[rank_] = post;
-  if (!group_->ArriveAndWait()) return absl::AbortedError("the group was aborted");
+  const Group::Arrival arrival = group_->ArriveAndWait(/*releasable=*/true);
+  posted = arrival.completed;
+  if (arrival.aborted) return absl::AbortedError("the group was aborted");
   for (int32_t r = 0; r < world_size(); ++r) {
     const Post& peer = group_->posts[r];
     if (!peer.ok) return absl::AbortedError(absl::StrCat("rank ", r, " failed its checks"));
@@ -109,22 +124,25 @@ absl::Status ThreadedCommunicator::AllToAllCounts(std::span<const int64_t> send,
                                                   std::span<int64_t> recv, int64_t per_peer) {
   const absl::Status local = ValidateAllToAllCounts("ThreadedCommunicator::AllToAllCounts",
                                                     world_size(), send, recv, per_peer);
-  absl::Status status = Publish({.ok = local.ok(), .width = per_peer, .counts = send});
+  bool posted = false;
+  absl::Status status = Publish({.ok = local.ok(), .width = per_peer, .counts = send}, posted);
   if (status.ok()) {
     for (int32_t s = 0; s < world_size(); ++s) {
       const auto from = group_->posts[s].counts.begin() + rank_ * per_peer;
       std::copy(from, from + per_peer, recv.begin() + s * per_peer);
     }
   }
-  status = Leave(status);
+  status = Leave(status, posted);
   return local.ok() ? status : local;
 }
 
 absl::Status ThreadedCommunicator::AllToAllRows(const AllToAllRowsArgs& args) {
   const absl::Status local =
       ValidateAllToAllRows("ThreadedCommunicator::AllToAllRows", world_size(), args);
+  bool posted = false;
   absl::Status status = Publish(
-      {.ok = local.ok(), .width = args.row_width, .counts = args.send_counts, .rows = args.send});
+      {.ok = local.ok(), .width = args.row_width, .counts = args.send_counts, .rows = args.send},
+      posted);
   int64_t recv_row = 0;
   for (int32_t s = 0; status.ok() && s < world_size(); ++s) {
     const Post& peer = group_->posts[s];
@@ -141,12 +159,15 @@ absl::Status ThreadedCommunicator::AllToAllRows(const AllToAllRowsArgs& args) {
               args.recv.begin() + recv_row * args.row_width);
     recv_row += args.recv_counts[s];
   }
-  status = Leave(status);
+  status = Leave(status, posted);
   return local.ok() ? status : local;
 }
 
-absl::Status ThreadedCommunicator::Leave(absl::Status status) {
-  if (!group_->ArriveAndWait() && status.ok()) {
+absl::Status ThreadedCommunicator::Leave(absl::Status status, bool posted) {
+  // Only the ranks that passed the posting barrier read each other's buffers; all of them come
+  // here, so this barrier completes even if the group was aborted meanwhile.
+  if (!posted) return status;
+  if (group_->ArriveAndWait(/*releasable=*/false).aborted && status.ok()) {
     return absl::AbortedError("the group was aborted");
   }
   return status;

@@ -53,9 +53,12 @@ class ThreadedCommunicator final : public Communicator {
   ThreadedCommunicator(std::shared_ptr<Group> group, int32_t rank);
 
   // Publishes `post`, waits for all ranks; OK when every rank's post is ok with the same width.
-  absl::Status Publish(const Post& post);
-  // The second phase; Aborted if the group was aborted meanwhile.
-  absl::Status Leave(absl::Status status);
+  // `posted`: the posting barrier completed (every rank published), so the second one must be
+  // joined even after an abort.
+  absl::Status Publish(const Post& post, bool& posted);
+  // The second phase (after reading the peers' buffers); Aborted if the group was aborted
+  // meanwhile.
+  absl::Status Leave(absl::Status status, bool posted);
 
   std::shared_ptr<Group> group_;
   int32_t rank_;

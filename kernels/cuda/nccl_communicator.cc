@@ -58,6 +58,7 @@ NcclCommunicator::NcclCommunicator(ncclComm_t comm, int32_t rank, int32_t world_
       owns_stream_(owns_stream) {}
 
 NcclCommunicator::~NcclCommunicator() {
+  std::lock_guard<std::mutex> lock(mu_);
   cudaSetDevice(device_);
   // After a failure peers may never match the queued operations: abort so the stream drains.
   if (!failed_.ok() || abort_requested_) AbortComm();
@@ -70,8 +71,24 @@ NcclCommunicator::~NcclCommunicator() {
 
 void NcclCommunicator::AbortComm() {
   if (comm_ == nullptr) return;
+  // Possibly on another rank's thread (Abort): leave that thread's current device as it was.
+  int current = -1;
+  const bool restore = cudaGetDevice(&current) == cudaSuccess && current != device_;
+  cudaSetDevice(device_);
   ncclCommAbort(comm_);
   comm_ = nullptr;
+  if (restore) cudaSetDevice(current);
+}
+
+void NcclCommunicator::Abort() {
+  abort_requested_ = true;
+  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+  if (lock.owns_lock()) CheckAbortRequested().IgnoreError();  // else the running collective does
+}
+
+absl::Status NcclCommunicator::Health() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failed_;
 }
 
 absl::Status NcclCommunicator::CheckAbortRequested() {
@@ -141,6 +158,7 @@ absl::Status NcclCommunicator::GroupedExchange(const char* send,
 
 absl::Status NcclCommunicator::AllToAllRows(const AllToAllRowsArgs& args) {
   constexpr char kOp[] = "NcclCommunicator::AllToAllRows";
+  std::lock_guard<std::mutex> lock(mu_);
   CMOE_RETURN_IF_ERROR(CheckAbortRequested());
   CMOE_RETURN_IF_ERROR(failed_);
   CMOE_RETURN_IF_ERROR(ValidateAllToAllRows(kOp, world_size_, args));
@@ -167,6 +185,7 @@ absl::StatusOr<int64_t*> NcclCommunicator::CountsStaging(int64_t values) {
 
 absl::Status NcclCommunicator::AllToAllCounts(std::span<const int64_t> send,
                                               std::span<int64_t> recv, int64_t per_peer) {
+  std::lock_guard<std::mutex> lock(mu_);
   CMOE_RETURN_IF_ERROR(CheckAbortRequested());
   CMOE_RETURN_IF_ERROR(failed_);
   CMOE_RETURN_IF_ERROR(ValidateAllToAllCounts("NcclCommunicator::AllToAllCounts", world_size_, send,
@@ -188,10 +207,15 @@ absl::Status NcclCommunicator::AllToAllCounts(std::span<const int64_t> send,
                                             ncclInt64, sizeof(int64_t))));
   CMOE_RETURN_IF_ERROR(Fail(CMOE_CUDA_STATUS(
       cudaMemcpyAsync(recv.data(), device_recv, bytes, cudaMemcpyDeviceToHost, stream_))));
-  return Synchronize();
+  return SynchronizeLocked();
 }
 
 absl::Status NcclCommunicator::Synchronize() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return SynchronizeLocked();
+}
+
+absl::Status NcclCommunicator::SynchronizeLocked() {
   CMOE_RETURN_IF_ERROR(failed_);
   CMOE_RETURN_IF_ERROR(Fail(CMOE_CUDA_STATUS(cudaSetDevice(device_))));
   while (true) {

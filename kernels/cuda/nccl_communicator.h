@@ -44,6 +44,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -80,23 +81,27 @@ class NcclCommunicator final : public Communicator {
   // peer) meanwhile; such an error aborts the communicator and is returned.
   absl::Status Synchronize() override;
 
-  // Asks the communicator to abort (thread-safe, idempotent): the rank's thread notices before
-  // its next collective and while Synchronize() waits, aborts the NCCL communicator there
-  // (ncclCommAbort, so the kernels waiting for peers exit) and returns Aborted from then on. A
-  // thread blocked inside an NCCL call itself (a first connection to a peer that never comes)
-  // only notices when that call returns.
-  void Abort() override { abort_requested_ = true; }
+  // Aborts the communicator (thread-safe, idempotent): at once (ncclCommAbort, so the kernels
+  // queued on stream() that wait for peers exit) when no collective of this rank is running;
+  // otherwise the rank's thread does it before its next step and while Synchronize() waits, and
+  // its collective returns Aborted. A thread blocked inside an NCCL call itself (a first
+  // connection to a peer that never comes) only notices when that call returns: connect every
+  // pair before relying on Abort (one AllToAllCounts does; the serving engine runs one step at
+  // start).
+  void Abort() override;
 
   // OK, or the error that made the communicator unusable.
-  absl::Status Health() const { return failed_; }
+  absl::Status Health() const;
 
  private:
-  // Remembers a non-OK status of a collective as the communicator's fatal error.
+  // Remembers a non-OK status of a collective as the communicator's fatal error. mu_ held.
   absl::Status Fail(absl::Status status);
+  // Synchronize() with mu_ held.
+  absl::Status SynchronizeLocked();
   // ncclCommAbort once (comm_ becomes null): queued NCCL work on stream_ exits without peers.
-  // On the rank's thread only.
+  // mu_ held.
   void AbortComm();
-  // Aborted (and the communicator aborted) once Abort() was called; OK otherwise.
+  // Aborted (and the communicator aborted) once Abort() was called; OK otherwise. mu_ held.
   absl::Status CheckAbortRequested();
   // Device staging for AllToAllCounts: (2, values) int64, send then recv, grown on demand.
   absl::StatusOr<int64_t*> CountsStaging(int64_t values);
@@ -107,6 +112,9 @@ class NcclCommunicator final : public Communicator {
                                std::span<const int64_t> recv_counts, int64_t elem_per_row,
                                ncclDataType_t type, size_t type_bytes);
 
+  // Held by every collective, Synchronize and the destructor (one thread at a time), and tried by
+  // Abort() from other threads. Guards everything below it.
+  mutable std::mutex mu_;
   ncclComm_t comm_;  // null once aborted
   int32_t rank_;
   int32_t world_size_;
