@@ -198,6 +198,10 @@ absl::Status NcclCommunicator::AllToAllCounts(std::span<const int64_t> send,
   if (!staging.ok()) return Fail(staging.status());
   int64_t* device_send = *staging;
   int64_t* device_recv = *staging + values;
+  // Copies with pageable host memory wait for the stream: only ever behind completed work, so
+  // that a peer that never comes leaves this rank in the poll of SynchronizeLocked (abortable),
+  // not blocked inside a copy with mu_ held.
+  CMOE_RETURN_IF_ERROR(SynchronizeLocked());
   CMOE_RETURN_IF_ERROR(Fail(CMOE_CUDA_STATUS(
       cudaMemcpyAsync(device_send, send.data(), bytes, cudaMemcpyHostToDevice, stream_))));
   // Every peer gets one "row" of per_peer values.
@@ -205,6 +209,7 @@ absl::Status NcclCommunicator::AllToAllCounts(std::span<const int64_t> send,
   CMOE_RETURN_IF_ERROR(Fail(GroupedExchange(reinterpret_cast<const char*>(device_send), ones,
                                             reinterpret_cast<char*>(device_recv), ones, per_peer,
                                             ncclInt64, sizeof(int64_t))));
+  CMOE_RETURN_IF_ERROR(SynchronizeLocked());
   CMOE_RETURN_IF_ERROR(Fail(CMOE_CUDA_STATUS(
       cudaMemcpyAsync(recv.data(), device_recv, bytes, cudaMemcpyDeviceToHost, stream_))));
   return SynchronizeLocked();
@@ -220,7 +225,16 @@ absl::Status NcclCommunicator::SynchronizeLocked() {
   CMOE_RETURN_IF_ERROR(Fail(CMOE_CUDA_STATUS(cudaSetDevice(device_))));
   while (true) {
     const cudaError_t query = cudaStreamQuery(stream_);
-    if (query == cudaSuccess) return absl::OkStatus();
+    if (query == cudaSuccess) {
+      // Done; an operation may still have failed without blocking the stream.
+      ncclResult_t async_error = ncclSuccess;
+      CMOE_RETURN_IF_ERROR(Fail(CMOE_NCCL_STATUS(ncclCommGetAsyncError(comm_, &async_error))));
+      if (async_error == ncclSuccess || async_error == ncclInProgress) return absl::OkStatus();
+      absl::Status status = Fail(NcclStatus(
+          async_error, "a queued NCCL operation (ncclCommGetAsyncError)", __FILE__, __LINE__));
+      AbortComm();
+      return status;
+    }
     if (query != cudaErrorNotReady) {
       return Fail(CudaStatus(query, "cudaStreamQuery(stream_)", __FILE__, __LINE__));
     }

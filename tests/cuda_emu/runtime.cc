@@ -1,14 +1,25 @@
 // The CPU emulation of the CUDA runtime (tests/cuda_emu/cuda_emu.h): devices, memory (device and
 // pinned host), streams, events, errors, stream capture into CUDA graphs and their replay, and
 // kernel launches run as one fiber per CUDA thread.
+//
+// Work runs when enqueued, except behind deferred work (runtime_internal.h EnqueueDeferred: the
+// NCCL emulation's sends and receives, which wait for a peer): while a stream has some, its later
+// kernels, copies and memsets are queued and run in stream order once it completes (on whichever
+// thread makes progress), cudaStreamQuery says cudaErrorNotReady, and cudaStreamSynchronize,
+// cudaDeviceSynchronize (this device's streams), cudaStreamDestroy, synchronous copies and
+// copies to pageable host memory wait for it; cuBLAS calls, event records, graph launches,
+// stream-ordered allocation and capture on such a stream are refused (cudaErrorIllegalState, with
+// a message). cudaFree does not wait for deferred work (a GPU's would synchronize the device).
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -160,10 +171,17 @@ struct Capture {
 // their duration.
 struct State {
   std::mutex mu;
-  std::map<uintptr_t, size_t> allocations;  // device pointer -> bytes
+  std::map<uintptr_t, size_t> allocations;     // device pointer -> bytes
+  std::map<uintptr_t, int> allocation_device;  // device pointer -> the device current at cudaMalloc
   size_t allocated = 0;
-  std::map<uintptr_t, size_t> pinned;        // cudaHostAlloc'd host pointer -> bytes
-  std::map<cudaStream_t, unsigned> streams;  // -> flags
+  std::map<uintptr_t, size_t> pinned;         // cudaHostAlloc'd host pointer -> bytes
+  std::map<cudaStream_t, unsigned> streams;   // -> flags
+  std::map<cudaStream_t, int> stream_device;  // -> the device current at its creation
+  // Work queued behind a deferred operation (NCCL, tests/cuda_emu/nccl.cc), per stream (the
+  // legacy one is nullptr), in stream order: the front step runs with mu held whenever progress
+  // is made (ProgressLocked) and returns whether it is done; the later ones wait behind it.
+  std::map<cudaStream_t, std::deque<std::function<bool()>>> deferred;
+  std::condition_variable changed;  // notified whenever deferred work completes a step
   std::map<cudaStream_t, Capture> captures;
   std::set<cudaGraph_t> graphs;
   std::set<cudaGraphExec_t> execs;
@@ -287,6 +305,51 @@ cudaError_t Enqueue(State& s, cudaStream_t stream, const char* what, Capture** c
 cudaError_t FailCaptured(State& s, Capture* c, cudaError_t error, const char* what) {
   if (c == nullptr) return Result(s, error);
   return Forbid(s, error, what, [c](const Capture& other) { return &other == c; });
+}
+
+// Whether `stream` has deferred work not yet done (its later work must wait behind it).
+bool HasDeferred(State& s, cudaStream_t stream) {
+  const auto it = s.deferred.find(stream);
+  return it != s.deferred.end() && !it->second.empty();
+}
+
+// Runs every stream's deferred work in stream order as far as it can go (mu held), and wakes the
+// threads waiting for streams to drain. A step may complete another stream's step as a side
+// effect (a send posted on one stream matches a receive waiting on another), so the passes repeat
+// after the first and then while a step completes.
+void ProgressLocked(State& s) {
+  bool moved = false;
+  for (int pass = 0, again = 1; again != 0; ++pass) {
+    again = pass == 0 ? 1 : 0;
+    for (auto it = s.deferred.begin(); it != s.deferred.end();) {
+      std::deque<std::function<bool()>>& steps = it->second;
+      while (!steps.empty() && steps.front()()) {
+        steps.pop_front();
+        again = 1;
+        moved = true;
+      }
+      it = steps.empty() ? s.deferred.erase(it) : std::next(it);
+    }
+  }
+  if (moved) s.changed.notify_all();
+}
+
+// Blocks (mu released meanwhile) until `stream` has no deferred work left.
+void AwaitDrained(State& s, std::unique_lock<std::mutex>& lock, cudaStream_t stream) {
+  ProgressLocked(s);
+  s.changed.wait(lock, [&s, stream] { return !HasDeferred(s, stream); });
+}
+
+// Work that CUDA would queue but the emulation only runs at once (cuBLAS, event records, graph
+// launches, stream-ordered allocation, capture): refused with a message while `stream` has
+// deferred work ahead of it (mu held). cudaSuccess when the stream has none.
+cudaError_t RefuseBehindDeferred(State& s, cudaStream_t stream, const char* call) {
+  if (!HasDeferred(s, stream)) return cudaSuccess;
+  std::fprintf(stderr,
+               "cuda-emu: %s on a stream with NCCL work still pending: not emulated "
+               "(tests/cuda_emu); synchronize the stream first\n",
+               call);
+  return Result(s, cudaErrorIllegalState);
 }
 
 char* Stack(State& s, size_t i) {
@@ -549,10 +612,63 @@ void Launch(const void* kernel, const LaunchConfig& c, std::function<void()> bod
     capture->nodes.push_back(std::move(node));
     return;
   }
+  if (HasDeferred(s, c.stream)) {  // runs when the stream gets there
+    s.deferred[c.stream].push_back([&s, c, body = std::move(body)] {
+      if (s.sticky == cudaSuccess) RunKernel(s, c, body, ", deferred behind NCCL work");
+      return true;
+    });
+    return;
+  }
   RunKernel(s, c, body, "");
 }
 
 bool IsDeviceRange(const void* p, size_t bytes) { return InRanges(S().allocations, p, bytes); }
+
+int DeviceOfRange(const void* p, size_t bytes) {
+  State& s = S();
+  if (!InRanges(s.allocations, p, bytes)) return -1;
+  auto it = s.allocation_device.upper_bound(reinterpret_cast<uintptr_t>(p));
+  return std::prev(it)->second;
+}
+
+int CurrentDevice() { return t_device; }
+
+bool StreamDevice(cudaStream_t stream, int* device) {
+  State& s = S();
+  if (stream == nullptr) {
+    *device = t_device;
+    return true;
+  }
+  const auto it = s.stream_device.find(stream);
+  if (it == s.stream_device.end()) return false;
+  *device = it->second;
+  return true;
+}
+
+cudaError_t EnqueueDeferred(cudaStream_t stream, const char* what, std::function<bool()> step) {
+  State& s = S();
+  Capture* capture = nullptr;
+  if (const cudaError_t e = Enqueue(s, stream, what, &capture); e != cudaSuccess) return e;
+  if (capture != nullptr) {
+    const std::string message =
+        std::string(what) + " on a capturing stream: not emulated (tests/cuda_emu)";
+    return FailCaptured(s, capture, cudaErrorStreamCaptureUnsupported, message.c_str());
+  }
+  s.deferred[stream].push_back(std::move(step));
+  ProgressLocked(s);
+  return cudaSuccess;
+}
+
+void Progress() { ProgressLocked(S()); }
+
+std::condition_variable& Changed() { return S().changed; }
+
+void FailDevice(cudaError_t error, const char* what) {
+  State& s = S();
+  std::fprintf(stderr, "cuda-emu: %s (%s)\n", what, ::cudaGetErrorName(error));
+  if (s.sticky == cudaSuccess) s.sticky = error;
+  t_last_error = s.sticky;
+}
 
 std::mutex& Mutex() { return S().mu; }
 
@@ -563,6 +679,7 @@ cudaError_t EnqueueLibraryCall(cudaStream_t stream, const char* what, bool* capt
   Capture* capture = nullptr;
   const cudaError_t e = Enqueue(s, stream, what, &capture);
   *capturing = capture != nullptr;
+  if (e == cudaSuccess && capture == nullptr) return RefuseBehindDeferred(s, stream, what);
   return e;
 }
 
@@ -650,6 +767,7 @@ cudaError_t AllocateLocked(emu::State& s, void** ptr, size_t bytes, const char* 
   if (posix_memalign(&p, 256, bytes) != 0) return emu::Result(s, cudaErrorMemoryAllocation);
   std::memset(p, 0xff, bytes);
   s.allocations[reinterpret_cast<uintptr_t>(p)] = bytes;
+  s.allocation_device[reinterpret_cast<uintptr_t>(p)] = emu::t_device;
   s.allocated += bytes;
   *ptr = p;
   return cudaSuccess;
@@ -665,6 +783,7 @@ cudaError_t ReleaseLocked(emu::State& s, void* ptr, const char* sync) {
   if (it == s.allocations.end()) return emu::Result(s, cudaErrorInvalidValue);
   s.allocated -= it->second;
   s.allocations.erase(it);
+  s.allocation_device.erase(reinterpret_cast<uintptr_t>(ptr));
   std::free(ptr);
   return emu::Result(s, cudaSuccess);
 }
@@ -680,7 +799,7 @@ cudaError_t StreamOrderedMemory(emu::State& s, cudaStream_t stream, const char* 
   if (const cudaError_t e = emu::Enqueue(s, stream, legacy.c_str(), &capture); e != cudaSuccess) {
     return e;
   }
-  if (capture == nullptr) return cudaSuccess;
+  if (capture == nullptr) return emu::RefuseBehindDeferred(s, stream, call);
   const std::string what = std::string(call) +
                            " on a capturing stream: graph memory nodes are not emulated "
                            "(tests/cuda_emu); allocate before the capture";
@@ -705,7 +824,7 @@ void CopySides(cudaMemcpyKind kind, void* dst, const void* src, bool* dst_device
 cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream,
                  bool sync) {
   emu::State& s = emu::S();
-  std::lock_guard<std::mutex> lock(s.mu);
+  std::unique_lock<std::mutex> lock(s.mu);
   emu::Capture* capture = nullptr;
   if (sync) {
     if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
@@ -730,6 +849,31 @@ cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     return emu::FailCaptured(s, capture, cudaErrorInvalidValue, what);
   }
   if (capture == nullptr) {
+    // Behind deferred work (NCCL): a copy to pageable host memory returns once done, as in CUDA
+    // (so it waits for the stream, or for the legacy one when synchronous); any other copy is
+    // queued, a pageable source staged now.
+    if (emu::HasDeferred(s, stream)) {
+      if (sync || (!dst_device && !emu::IsPinnedRange(s, dst, bytes))) {
+        emu::AwaitDrained(s, lock, stream);
+        if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+        if ((dst_device && !emu::IsDeviceRange(dst, bytes)) ||
+            (src_device && !emu::IsDeviceRange(src, bytes))) {
+          return emu::Result(s, cudaErrorInvalidValue);  // freed while the copy waited
+        }
+      } else {
+        std::vector<char> staged;
+        if (!src_device && !emu::IsPinnedRange(s, src, bytes)) {
+          staged.assign(static_cast<const char*>(src), static_cast<const char*>(src) + bytes);
+        }
+        s.deferred[stream].push_back([&s, dst, src, bytes, staged = std::move(staged)] {
+          if (s.sticky == cudaSuccess) {
+            std::memmove(dst, staged.empty() ? src : staged.data(), bytes);
+          }
+          return true;
+        });
+        return cudaSuccess;
+      }
+    }
     std::memmove(dst, src, bytes);
     return cudaSuccess;
   }
@@ -752,7 +896,7 @@ cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
 
 cudaError_t Set(void* ptr, int value, size_t bytes, cudaStream_t stream, bool sync) {
   emu::State& s = emu::S();
-  std::lock_guard<std::mutex> lock(s.mu);
+  std::unique_lock<std::mutex> lock(s.mu);
   emu::Capture* capture = nullptr;
   if (sync) {
     if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
@@ -768,6 +912,19 @@ cudaError_t Set(void* ptr, int value, size_t bytes, cudaStream_t stream, bool sy
                              "cudaMemsetAsync on a capturing stream failed its checks");
   }
   if (capture == nullptr) {
+    // Behind deferred work (NCCL): queued, or waited for when synchronous.
+    if (emu::HasDeferred(s, stream)) {
+      if (!sync) {
+        s.deferred[stream].push_back([&s, ptr, value, bytes] {
+          if (s.sticky == cudaSuccess) std::memset(ptr, value, bytes);
+          return true;
+        });
+        return cudaSuccess;
+      }
+      emu::AwaitDrained(s, lock, stream);
+      if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
+      if (!emu::IsDeviceRange(ptr, bytes)) return emu::Result(s, cudaErrorInvalidValue);
+    }
     std::memset(ptr, value, bytes);
     return cudaSuccess;
   }
@@ -781,11 +938,12 @@ cudaError_t Set(void* ptr, int value, size_t bytes, cudaStream_t stream, bool sy
   return cudaSuccess;
 }
 
-// cudaStreamSynchronize, cudaStreamQuery: not on a capturing stream (its work has not run), nor
-// on the legacy stream while a blocking stream captures.
-cudaError_t WaitForStream(cudaStream_t stream, const char* call) {
+// cudaStreamSynchronize (wait) and cudaStreamQuery: not on a capturing stream (its work has not
+// run), nor on the legacy stream while a blocking stream captures. Work behind deferred work
+// (NCCL) is waited for, or makes the query cudaErrorNotReady (not recorded as the last error).
+cudaError_t WaitForStream(cudaStream_t stream, const char* call, bool wait) {
   emu::State& s = emu::S();
-  std::lock_guard<std::mutex> lock(s.mu);
+  std::unique_lock<std::mutex> lock(s.mu);
   if (!KnownStream(s, stream)) return emu::Result(s, cudaErrorInvalidResourceHandle);
   if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
   if (emu::Capture* capture = emu::CaptureOf(s, stream); capture != nullptr) {
@@ -795,9 +953,13 @@ cudaError_t WaitForStream(cudaStream_t stream, const char* call) {
   }
   if (stream == nullptr) {
     const std::string what = std::string(call) + " on the legacy stream";
-    return emu::CheckLegacyStream(s, what.c_str());
+    if (const cudaError_t e = emu::CheckLegacyStream(s, what.c_str()); e != cudaSuccess) return e;
   }
-  return cudaSuccess;
+  emu::ProgressLocked(s);
+  if (!emu::HasDeferred(s, stream)) return emu::Result(s, cudaSuccess);
+  if (!wait) return s.sticky != cudaSuccess ? emu::Result(s, s.sticky) : cudaErrorNotReady;
+  emu::AwaitDrained(s, lock, stream);
+  return emu::Result(s, cudaSuccess);
 }
 
 const char* Side(bool device) { return device ? "device" : "pinned host"; }
@@ -936,11 +1098,24 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   return cudaErrorInvalidValue;
 }
 
+// Waits for the deferred work (NCCL) of this device's streams and of the legacy stream.
 cudaError_t cudaDeviceSynchronize() {
   emu::State& s = emu::S();
-  std::lock_guard<std::mutex> lock(s.mu);
+  std::unique_lock<std::mutex> lock(s.mu);
   if (s.sticky != cudaSuccess) return emu::Result(s, s.sticky);
-  return CheckDeviceSync(s, "cudaDeviceSynchronize");
+  if (const cudaError_t e = CheckDeviceSync(s, "cudaDeviceSynchronize"); e != cudaSuccess) return e;
+  const int device = emu::t_device;
+  const auto drained = [&s, device] {
+    for (const auto& [stream, steps] : s.deferred) {
+      if (steps.empty()) continue;
+      const auto it = s.stream_device.find(stream);
+      if (stream == nullptr || (it != s.stream_device.end() && it->second == device)) return false;
+    }
+    return true;
+  };
+  emu::ProgressLocked(s);
+  s.changed.wait(lock, drained);
+  return emu::Result(s, cudaSuccess);
 }
 
 cudaError_t cudaDeviceReset() {
@@ -948,6 +1123,7 @@ cudaError_t cudaDeviceReset() {
   std::lock_guard<std::mutex> lock(s.mu);
   for (const auto& [address, bytes] : s.allocations) std::free(reinterpret_cast<void*>(address));
   s.allocations.clear();
+  s.allocation_device.clear();
   s.allocated = 0;
   for (const auto& [address, bytes] : s.pinned) std::free(reinterpret_cast<void*>(address));
   s.pinned.clear();
@@ -960,6 +1136,9 @@ cudaError_t cudaDeviceReset() {
   s.execs.clear();
   for (const auto& [stream, flags] : s.streams) delete reinterpret_cast<char*>(stream);
   s.streams.clear();
+  s.stream_device.clear();
+  s.deferred.clear();  // abandoned, as a reset device's queues are
+  s.changed.notify_all();
   for (cudaEvent_t event : s.events) delete reinterpret_cast<emu::Event*>(event);
   s.events.clear();
   s.max_dynamic_shared.clear();
@@ -1153,7 +1332,7 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* pt
   *attr = {};
   if (emu::IsDeviceRange(ptr, 1)) {
     attr->type = cudaMemoryTypeDevice;
-    attr->device = emu::t_device;
+    attr->device = emu::DeviceOfRange(ptr, 1);
     attr->devicePointer = const_cast<void*>(ptr);
   } else if (emu::IsPinnedRange(s, ptr, 1)) {  // mapped at the same address (unified addressing)
     attr->type = cudaMemoryTypeHost;
@@ -1176,25 +1355,30 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
   }
   *stream = reinterpret_cast<cudaStream_t>(new char);  // a unique handle
   s.streams[*stream] = flags;
+  s.stream_device[*stream] = emu::t_device;
   return emu::Result(s, cudaSuccess);
 }
 
+// Waits for the stream's deferred work (NCCL) first: CUDA returns at once and lets it finish.
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   emu::State& s = emu::S();
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (stream == nullptr || s.streams.erase(stream) == 0) {
+  std::unique_lock<std::mutex> lock(s.mu);
+  if (stream == nullptr || s.streams.count(stream) == 0) {
     return emu::Result(s, cudaErrorInvalidResourceHandle);
   }
+  emu::AwaitDrained(s, lock, stream);
+  if (s.streams.erase(stream) == 0) return emu::Result(s, cudaErrorInvalidResourceHandle);
+  s.stream_device.erase(stream);
   s.captures.erase(stream);  // a capture in progress ends with its stream, discarded
   delete reinterpret_cast<char*>(stream);
   return emu::Result(s, cudaSuccess);
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  return WaitForStream(stream, "cudaStreamSynchronize");
+  return WaitForStream(stream, "cudaStreamSynchronize", true);
 }
 cudaError_t cudaStreamQuery(cudaStream_t stream) {
-  return WaitForStream(stream, "cudaStreamQuery");
+  return WaitForStream(stream, "cudaStreamQuery", false);
 }
 
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
@@ -1240,6 +1424,10 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     return emu::FailCaptured(s, capture, cudaErrorStreamCaptureUnsupported,
                              "cudaEventRecord on a capturing stream: event nodes (cross-stream "
                              "capture, timing inside a graph) are not emulated (tests/cuda_emu)");
+  }
+  if (const cudaError_t e = emu::RefuseBehindDeferred(s, stream, "cudaEventRecord");
+      e != cudaSuccess) {
+    return e;
   }
   auto* e = reinterpret_cast<emu::Event*>(event);
   e->time = std::chrono::steady_clock::now();
@@ -1323,6 +1511,10 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mo
   if (emu::Capture* capture = emu::CaptureOf(s, stream); capture != nullptr) {
     return emu::Forbid(s, cudaErrorIllegalState, "cudaStreamBeginCapture on a capturing stream",
                        [capture](const emu::Capture& c) { return &c == capture; });
+  }
+  if (const cudaError_t e = emu::RefuseBehindDeferred(s, stream, "cudaStreamBeginCapture");
+      e != cudaSuccess) {
+    return e;
   }
   emu::Capture& c = s.captures[stream];
   c.stream = stream;
@@ -1435,6 +1627,10 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   if (stream == nullptr) {
     const cudaError_t e = emu::CheckLegacyStream(s, "cudaGraphLaunch on the legacy stream");
     if (e != cudaSuccess) return e;
+  }
+  if (const cudaError_t e = emu::RefuseBehindDeferred(s, stream, "cudaGraphLaunch");
+      e != cudaSuccess) {
+    return e;
   }
   const size_t count = exec->nodes.size();
   for (size_t i = 0; i < count; ++i) {

@@ -2,7 +2,8 @@
 // (rows copied exactly with the guards around the receive buffer intact, zero counts, the counts
 // exchange, argument errors that leave the communicator usable) and, on a machine with two GPUs
 // or more, a two-rank exchange with one thread per rank, from both factories, with a zero-count
-// pair. Skips without a GPU, and entirely when the build has no NCCL (CMOE_HAVE_NCCL).
+// pair, and Abort releasing a rank that waits for a peer that never comes. Skips without a GPU, and
+// entirely when the build has no NCCL (CMOE_HAVE_NCCL).
 //
 // The exchange is a copy, so every comparison is exact (the values are small integers).
 //
@@ -17,7 +18,11 @@
 #include <cuda_runtime_api.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <numeric>
@@ -331,6 +336,66 @@ TEST(NcclCommunicator, TwoRanksFromAUniqueId) {
         MakeNcclCommunicator(*id, r, 2, /*device=*/r);
     return comm.ok() ? Exchange(**comm, b, recv_counts, got) : comm.status();
   });
+}
+
+// A rank waiting in a collective for a peer that never comes (the peer failed elsewhere) is
+// released by Abort from another thread, in the counts exchange (whose copies go through
+// pageable host memory) and in a row exchange waited on with Synchronize; the communicator then
+// refuses every call. The pair first exchanges once, so that NCCL's connections exist (a
+// first connection waiting for its peer cannot be aborted; the serving engine does the same).
+TEST(NcclCommunicator, AbortReleasesARankWaitingForAPeer) {
+  if (DeviceCount() < 2) GTEST_SKIP() << "needs two CUDA devices, found " << DeviceCount();
+  for (const bool counts : {true, false}) {
+    SCOPED_TRACE(counts ? "AllToAllCounts" : "AllToAllRows + Synchronize");
+    std::vector<RankBuffers> buffers = MakeTwoRankBuffers();
+    ASSERT_FALSE(::testing::Test::HasFailure());
+    const int devices[] = {0, 1};
+    absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> comms =
+        MakeNcclCommunicators(devices);
+    ASSERT_TRUE(comms.ok()) << comms.status();
+    ExpectTwoRankExchange(
+        buffers,
+        [&comms](int r, RankBuffers& b, std::vector<int64_t>* recv_counts,
+                 std::vector<float>* got) { return Exchange(*(*comms)[r], b, recv_counts, got); });
+    NcclCommunicator& waiting = *(*comms)[0];
+    absl::Status status;
+    std::atomic<bool> returned{false};
+    std::thread rank0([&] {
+      if (counts) {
+        const std::vector<int64_t> send = {1, 2};
+        std::vector<int64_t> recv(2);
+        status = waiting.AllToAllCounts(send, recv, 1);
+      } else {
+        const std::vector<int64_t> send_counts = {0, 1}, recv_counts = {0, 1};
+        status = waiting.AllToAllRows({.send = Span(*buffers[0].send).first(kWidth),
+                                       .send_counts = send_counts,
+                                       .recv = Span(*buffers[0].recv).first(kWidth),
+                                       .recv_counts = recv_counts,
+                                       .row_width = kWidth});
+        if (status.ok()) status = waiting.Synchronize();
+      }
+      returned = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // rank 0 is waiting for rank 1
+    waiting.Abort();  // rank 1 "failed": its thread tears rank 0 down
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!returned && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (!returned) {
+      // Rank 0 can never be joined: fail now rather than hang until the test times out.
+      std::fprintf(stderr, "FAILED: Abort left rank 0 waiting in %s\n",
+                   counts ? "AllToAllCounts" : "Synchronize");
+      std::_Exit(1);
+    }
+    rank0.join();
+    EXPECT_EQ(status.code(), absl::StatusCode::kAborted) << status;
+    EXPECT_FALSE(waiting.Health().ok());
+    const std::vector<int64_t> send = {1, 2};
+    std::vector<int64_t> recv(2);
+    EXPECT_FALSE(waiting.AllToAllCounts(send, recv, 1).ok());
+    (*comms)[1]->Abort();  // the group is torn down: rank 1 never got its rows
+  }
 }
 
 }  // namespace
