@@ -5,13 +5,15 @@
 // held-out TinyStories text must agree to 0.5 %. Decode steps run as CUDA graphs (updated, not
 // rebuilt, from step to step); a decode batch too large for them falls back to op by op. One model
 // runs with a BF16 KV cache on both sides. With NCCL, expert parallelism over a world of one GPU
-// matches the model without it, and so does the serving engine over it.
+// matches the model without it, and the serving engine over one and over two GPUs (where there
+// are two; the emulation has two) gives the tokens of one GPU.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -34,6 +36,10 @@ namespace cmoe::engine {
 namespace {
 
 constexpr int64_t kTokens = 32;
+
+// On the CUDA emulation (tests/cuda_emu), two devices, so that the two-GPU expert-parallel test
+// runs there too (the environment may say otherwise; a real GPU ignores the variable).
+const bool kEmulatedDevices = [] { return setenv("CMOE_CUDA_EMU_DEVICES", "2", 0) == 0; }();
 constexpr double kNearTie = 1e-3;  // of the logit range
 
 bool HaveGpu(std::string* reason) {
@@ -162,6 +168,44 @@ TEST(CudaModelBf16KvCache, MatchesTheCpu) {
 }
 
 #if CMOE_HAVE_NCCL
+// Four concurrent greedy requests on the carved checkpoint `dir` give the same tokens on an
+// engine over `world` NCCL ranks (GPUs 0 .. world - 1) as on one GPU without parallelism, and
+// every rank runs some of them.
+void ExpectParallelEngineServesLikeOneGpu(const std::string& dir, int32_t world) {
+  const auto generate = [](Engine& engine) {
+    const std::vector<int32_t> sample = testing::SampleTokens(engine.tokenizer());
+    std::vector<std::shared_ptr<testing::RecordingSink>> sinks;
+    for (int i = 0; i < 4; ++i) {
+      sinks.push_back(std::make_shared<testing::RecordingSink>());
+      testing::SubmitOk(
+          engine, testing::Greedy(testing::Slice(sample, 29 * i, 4 + 3 * i), 16, true), sinks[i]);
+    }
+    std::vector<std::vector<int32_t>> tokens;
+    for (auto& sink : sinks) {
+      CMOE_CHECK(sink->WaitFinished());
+      tokens.push_back(sink->tokens());
+    }
+    return tokens;
+  };
+  auto plain = Engine::Create(Load(dir, "cuda"), {});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  const std::vector<std::vector<int32_t>> want = generate(**plain);
+  (*plain)->Shutdown(absl::ZeroDuration());
+  auto ranks = LoadExpertParallelModels({.model_dir = dir, .device = "cuda:0"}, world);
+  ASSERT_TRUE(ranks.ok()) << ranks.status();
+  std::vector<int64_t> rank_tokens(static_cast<size_t>(world));
+  std::mutex mutex;
+  auto parallel = Engine::Create(std::move(ranks).value(), {}, [&](const StepReport& report) {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (size_t r = 0; r < report.rank_tokens.size(); ++r) rank_tokens[r] += report.rank_tokens[r];
+  });
+  ASSERT_TRUE(parallel.ok()) << parallel.status();
+  EXPECT_EQ(generate(**parallel), want);
+  EXPECT_TRUE((*parallel)->Health().ok()) << (*parallel)->Health();
+  (*parallel)->Shutdown(absl::ZeroDuration());
+  for (int32_t r = 0; r < world; ++r) EXPECT_GT(rank_tokens[r], 0) << "rank " << r;
+}
+
 // Expert parallelism on the GPU over NCCL, world size 1 (one GPU): the model holding every expert
 // of its one rank and exchanging rows with itself through ncclSend / ncclRecv gives the logits and
 // expert counts of the same model without parallelism, over a prefill and decode steps.
@@ -230,32 +274,19 @@ TEST(CudaModelExpertParallel, EngineOverNcclWorldOfOneServesLikeOneGpu) {
   if (!HaveGpu(&reason)) GTEST_SKIP() << reason;
   testing::ScratchDir scratch;
   const std::string dir = testing::CarveSharedModel("stories260K", 8, 2, 2, scratch.Join("c"));
-  const auto generate = [](Engine& engine) {
-    const std::vector<int32_t> sample = testing::SampleTokens(engine.tokenizer());
-    std::vector<std::shared_ptr<testing::RecordingSink>> sinks;
-    for (int i = 0; i < 4; ++i) {
-      sinks.push_back(std::make_shared<testing::RecordingSink>());
-      testing::SubmitOk(
-          engine, testing::Greedy(testing::Slice(sample, 29 * i, 4 + 3 * i), 16, true), sinks[i]);
-    }
-    std::vector<std::vector<int32_t>> tokens;
-    for (auto& sink : sinks) {
-      CMOE_CHECK(sink->WaitFinished());
-      tokens.push_back(sink->tokens());
-    }
-    return tokens;
-  };
-  auto plain = Engine::Create(Load(dir, "cuda"), {});
-  ASSERT_TRUE(plain.ok()) << plain.status();
-  const std::vector<std::vector<int32_t>> want = generate(**plain);
-  (*plain)->Shutdown(absl::ZeroDuration());
-  auto ranks = LoadExpertParallelModels({.model_dir = dir, .device = "cuda:0"}, 1);
-  ASSERT_TRUE(ranks.ok()) << ranks.status();
-  auto parallel = Engine::Create(std::move(ranks).value(), {});
-  ASSERT_TRUE(parallel.ok()) << parallel.status();
-  EXPECT_EQ(generate(**parallel), want);
-  EXPECT_TRUE((*parallel)->Health().ok()) << (*parallel)->Health();
-  (*parallel)->Shutdown(absl::ZeroDuration());
+  ExpectParallelEngineServesLikeOneGpu(dir, 1);
+}
+
+// The same over two GPUs (NCCL between them), where a machine (or the emulation) has them: the
+// requests spread over both ranks, whose experts are halves.
+TEST(CudaModelExpertParallel, EngineOverTwoGpusServesLikeOneGpu) {
+  std::string reason;
+  if (!HaveGpu(&reason)) GTEST_SKIP() << reason;
+  const absl::StatusOr<int> devices = kernels::cuda::CudaDeviceCount();
+  if (!devices.ok() || *devices < 2) GTEST_SKIP() << "needs two CUDA devices";
+  testing::ScratchDir scratch;
+  const std::string dir = testing::CarveSharedModel("stories260K", 8, 2, 2, scratch.Join("c"));
+  ExpectParallelEngineServesLikeOneGpu(dir, 2);
 }
 #endif  // CMOE_HAVE_NCCL
 
