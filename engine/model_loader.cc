@@ -68,8 +68,9 @@ absl::StatusOr<std::vector<LoadedModel>> LoadExpertParallelModels(const LoadOpti
   const bool cuda = options.device == "cuda" || absl::StartsWith(options.device, "cuda:");
   if (cuda) {
     CMOE_ASSIGN_OR_RETURN(const int first, kernels::ParseCudaDevice(options.device));
-    for (int32_t r = 0; r < world_size; ++r)
+    for (int32_t r = 0; r < world_size; ++r) {
       rank_options[r].device = absl::StrCat("cuda:", first + r);
+    }
   } else {
     const int threads = options.threads > 0 ? options.threads : ThreadPool::HardwareThreads();
     for (LoadOptions& o : rank_options) o.threads = std::max(1, threads / world_size);

@@ -44,7 +44,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
           absl::StrCat("--device ", options.device, ": ", make.status().message()));
     }
     absl::StatusOr<std::unique_ptr<Backend>> backend;
-    reinterpret_cast<MakeCudaFn> (*make)(*ordinal, &backend);
+    const auto make_backend = reinterpret_cast<MakeCudaFn>(*make);
+    make_backend(*ordinal, &backend);
     if (!backend.ok()) {
       return absl::Status(backend.status().code(), absl::StrCat("--device ", options.device, ": ",
                                                                 backend.status().message()));

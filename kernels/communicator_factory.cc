@@ -61,7 +61,8 @@ absl::StatusOr<std::vector<std::unique_ptr<Communicator>>> CreateCommunicators(
         make.status().message(), " (a build without NCCL has no multi-GPU communicator)"));
   }
   absl::StatusOr<std::vector<std::unique_ptr<Communicator>>> comms;
-  reinterpret_cast<MakeFn> (*make)(ordinals.data(), static_cast<int>(ordinals.size()), &comms);
+  const auto make_comms = reinterpret_cast<MakeFn>(*make);
+  make_comms(ordinals.data(), static_cast<int>(ordinals.size()), &comms);
   if (!comms.ok()) {
     return absl::Status(comms.status().code(),
                         absl::StrCat("NCCL communicators for ", absl::StrJoin(devices, ", "), ": ",
