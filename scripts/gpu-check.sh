@@ -53,6 +53,10 @@
 #   prefill    cmoe-bench prefill --device cuda:0 --tokens 2048, dense --compare S2A2E16,S3A3E8,
 #              then dense alone with CMOE_CUDA_PREFILL_ATTENTION=cuda-core (attention on the f32
 #              kernel instead of the tensor-core tiles), for the tiles' speed-up
+#   expert-parallel  cmoe-bench decode of S2A2E16 alone and over --expert-parallel groups: a
+#              world of one on cuda:0 (NCCL to itself: what the exchanges and their host round
+#              trips cost per carved layer), and 2 ranks on cuda:0-1 where there are two GPUs;
+#              batches 1, 32, 256
 #   cleanup    the checkpoints are deleted (also when the script is interrupted)
 #   summary    the e2e figures and the GPU targets of docs/performance.md: S2A2E16 >= 1.7x dense at
 #              decode batch 1, no carved model below 0.95x at any batch, dense batch 1 >= 75 % of
@@ -70,7 +74,7 @@
 # synth ~20-30 s, each carve ~60-90 s (the write is single-threaded; the two carves run at the
 # same time); loading three 7B models onto the GPU ~10-30 s per cmoe-bench run. That fits:
 # prepare 95 s (tests and synth together; a slow synth may take a third of the carve phase),
-# carve 165 s, decode 160 s, prefill 95 s. What does
+# carve 165 s, decode 160 s, prefill 95 s, expert-parallel 40 s. What does
 # not fit is cut by the timeouts, never the whole check: a carve that does not finish is left
 # out of the benches (the dense runs alone still give the bandwidth figure), and the summary says
 # which steps timed out. CMOE_E2E_SHAPE=tinyllama-1.1b forces the small shape.
@@ -82,6 +86,7 @@ set -uo pipefail
 # Cumulative phase deadlines (seconds from the start).
 readonly CAP_ENV=20 CAP_TESTS=75 CAP_MEMCHECK=120 CAP_RACECHECK=75 CAP_BENCH=170 CAP_REFERENCE=90
 readonly E2E_CAP_ENV=15 E2E_CAP_PREPARE=95 E2E_CAP_CARVE=165 E2E_CAP_DECODE=160 E2E_CAP_PREFILL=95
+readonly E2E_CAP_EP=40
 
 MODE=kernels
 RESULTS_ARG=
@@ -522,6 +527,25 @@ run_e2e() {
     json_step prefill cmoe-bench-prefill-cpu-smoke 60 "$e/prefill.log" "$e/prefill.json" \
       "$BIN/cmoe-bench" prefill --device cpu --threads 2 "${common[@]}" --tokens 256 \
       --repeats 2 --json
+  fi
+  # S2A2E16 on one GPU and over expert-parallel groups (a world of one: the exchanges' own cost;
+  # one rank per GPU up to 2 where the machine has them), in one run.
+  phase expert-parallel $E2E_CAP_EP
+  if [[ -f $WORK/S2A2E16/config.json ]]; then
+    if [[ $HAVE_GPU == 1 ]]; then
+      local worlds=1 gpus
+      gpus=$(timeout 20 nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+      ((gpus >= 2)) && worlds=1,2
+      json_step expert-parallel cmoe-bench-decode-expert-parallel "$E2E_CAP_EP" \
+        "$e/expert_parallel.log" "$e/expert_parallel.jsonl" "$BIN/cmoe-bench" decode \
+        --device cuda:0 --model "$WORK/S2A2E16" --expert-parallel "$worlds" --batch 1,32,256 \
+        --prompt 8 --tokens 16 --json
+    else
+      json_step expert-parallel cmoe-bench-decode-expert-parallel-cpu-smoke 40 \
+        "$e/expert_parallel.log" "$e/expert_parallel.jsonl" "$BIN/cmoe-bench" decode \
+        --device cpu --threads 2 --model "$WORK/S2A2E16" --expert-parallel 1,2 --batch 1,8 \
+        --prompt 8 --tokens 4 --bandwidth-mib 64 --json
+    fi
   fi
   cleanup_e2e
   df -hT >"$e/df_after.txt" 2>&1

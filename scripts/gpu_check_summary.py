@@ -254,9 +254,45 @@ def read_prefill(path):
     return {model_label(m): m for m in (j.get("models") or [j])}, j
 
 
+def read_expert_parallel(path):
+    """cmoe-bench decode --expert-parallel --json lines -> {batch: [entries]} (one backend first,
+    then each group in --expert-parallel order)."""
+    runs = {}
+    for line in (read_text(path) or "").splitlines():
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(j, dict) and j.get("mode") == "decode" and j.get("models"):
+            runs[int(j["batch"])] = j["models"]
+    return runs
+
+
+def expert_parallel_lines(path, smoke, summary):
+    """What expert parallelism costs per carved layer against the same model on one backend."""
+    runs = read_expert_parallel(path)
+    summary["e2e"]["expert_parallel"] = {str(b): r for b, r in runs.items()}
+    if not runs:
+        return []
+    lines = ["Expert parallelism, S2A2E16 decode on one backend vs over groups (a world of one "
+             "is the exchanges' own cost: NCCL to itself, host round trips)" + smoke]
+    for b in sorted(runs):
+        base, groups = runs[b][0], runs[b][1:]
+        parts = [f"one backend {base['median_tokens_per_second']:.1f} tok/s"]
+        for g in groups:
+            delta = g.get("step_delta_us_per_carved_layer")
+            parts.append(f"x{g.get('ranks')} {g['median_tokens_per_second']:.1f} tok/s "
+                         f"({g.get('speedup', 0):.2f}x"
+                         + (f", {delta:+.1f} us per carved layer" if delta is not None else "")
+                         + ")")
+        lines.append(f"  batch {b}: " + "; ".join(parts))
+    return lines
+
+
 def e2e_steps(detail, steps, failures):
     lines = ["E2E steps:"]
-    for s in (s for s in steps if s["phase"] in ("synth", "carve", "decode", "prefill")):
+    for s in (s for s in steps
+              if s["phase"] in ("synth", "carve", "decode", "prefill", "expert-parallel")):
         text = read_text(os.path.join(detail, s["log"])) or ""
         extra = ""
         if s["step"].startswith("cmoe-carve-"):
@@ -365,6 +401,7 @@ def e2e_section(detail, steps, gpu_name, failures, notes, summary):
                          f"vs {cc * 1e3:.1f} ms on the f32 kernel (CMOE_CUDA_PREFILL_ATTENTION="
                          f"cuda-core, a second run): {cc / tc:.2f}x")
             summary["e2e"]["prefill_cuda_core_attention"] = f32
+    lines += expert_parallel_lines(os.path.join(e, "expert_parallel.jsonl"), smoke, summary)
     if have_gpu:
         summary["targets"] = e2e_targets(runs, common, prefill, pj, gpu_name)
         lines.append("Targets (docs/performance.md, GPU rows, end to end):")

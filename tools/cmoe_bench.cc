@@ -1,7 +1,7 @@
 // cmoe-bench: end-to-end speed of a checkpoint on this machine.
 //
-//   cmoe-bench decode  --model DIR [--compare DIR2,DIR3] --batch B[,B2,...] --tokens N
-//                      [--threads T] [--device cpu|cuda[:N]] [--json]
+//   cmoe-bench decode  --model DIR [--compare DIR2,DIR3] [--expert-parallel W[,W2,...]]
+//                      --batch B[,B2,...] --tokens N [--threads T] [--device cpu|cuda[:N]] [--json]
 //   cmoe-bench prefill --model DIR [--compare DIR2,DIR3] --tokens N [--threads T] [--json]
 //
 // decode reports tokens/s, the weight bytes one step reads (carved models: the routed experts the
@@ -12,7 +12,11 @@
 // --device cuda[:N]: decode only reads weights, so there the ratio compares one-way traffic with
 // two-way traffic (a conservative fraction of the read ceiling). --batch takes a list: the models
 // are loaded once and each batch runs in turn with a KV cache of its own, its result printed (one
-// line, or one JSON object per line with --json) as soon as it is done. prefill reports tokens/s
+// line, or one JSON object per line with --json) as soon as it is done. --expert-parallel adds
+// --model over groups of W expert-parallel ranks (tools/decode_run.h: the batch spread over the
+// ranks, every rank's step at once), with what the group saves or costs per carved layer against
+// --model on one backend (step_delta_us_per_carved_layer; with W = 1 the pure cost of the
+// exchanges and their host round trips). prefill reports tokens/s
 // and GFLOP/s of one N-token prompt; with --compare, the models' repeats are interleaved and
 // speedups are relative to --model.
 #include <algorithm>
@@ -36,6 +40,7 @@
 #include "kernels/cuda/device_bandwidth.h"
 #endif
 #include "nlohmann/json.hpp"
+#include "tools/decode_run.h"
 #include "tools/tool_util.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory (Hugging Face layout)");
@@ -54,6 +59,9 @@ ABSL_FLAG(int64_t, bandwidth_mib, 1024,
           "Buffer size for the bandwidth measurement (host read; cuda: the copy's source)");
 ABSL_FLAG(bool, json, false, "Print one JSON object (one per batch of a --batch list)");
 ABSL_FLAG(std::string, kv_cache_dtype, "f32", "KV cache element type: f32 | bf16");
+ABSL_FLAG(std::string, expert_parallel, "",
+          "decode: also run --model over expert-parallel groups of these sizes (1,2: ranks on "
+          "cuda:N, cuda:N+1, ... or CPU ranks sharing --threads), compared in the same run");
 
 namespace cmoe::tools {
 namespace {
@@ -62,11 +70,6 @@ using engine::SequenceBlocks;
 using engine::SequenceChunk;
 
 constexpr int32_t kKvBlock = 16;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 absl::StatusOr<engine::LoadedModel> Load(const std::string& dir, int64_t cache_tokens) {
   CMOE_RETURN_IF_ERROR(RequireFlag("model", dir));
@@ -89,20 +92,6 @@ std::vector<std::string> ModelDirs() {
   dirs.insert(dirs.end(), compare.begin(), compare.end());
   return dirs;
 }
-
-std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  // Ids from 3 skip the usual <unk>/BOS/EOS; tiny vocabularies use every id.
-  const auto last = static_cast<int32_t>(vocab - 1);
-  std::uniform_int_distribution<int32_t> dist(std::min(3, last), last);
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (int32_t& id : ids) id = dist(rng);
-  return ids;
-}
-
-// Decode steps sample greedily in the model, as the server does on a device: only the token ids
-// come back from a GPU, not the logits.
-constexpr kernels::RowSampling kGreedy{};
 
 int Threads() {
   return absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads)
@@ -158,150 +147,45 @@ void Print(const nlohmann::json& j, const std::string& line) {
   std::fflush(stdout);  // a batch's result is out before the next batch starts
 }
 
-// A KV cache of `tokens` positions in the memory of the model's backend.
-absl::StatusOr<std::unique_ptr<engine::KvCache>> MakeCache(engine::Model& model, int64_t tokens) {
-  kernels::Backend& backend = model.backend();
-  CMOE_ASSIGN_OR_RETURN(const kernels::DType dtype,
-                        engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
-  return engine::KvCache::Create(model.config(),
-                                 {.block_size = kKvBlock,
-                                  .num_blocks = (tokens + kKvBlock - 1) / kKvBlock,
-                                  .dtype = dtype,
-                                  .memory = backend.IsDevice() ? &backend : nullptr});
+// "1,8,32" -> {1, 8, 32}; every entry a whole number in [1, max]. `flag` names the flag.
+absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& flag, const std::string& value,
+                                               int64_t max) {
+  std::vector<int64_t> list;
+  for (absl::string_view part : absl::StrSplit(value, ',')) {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(part, &n) || n < 1 || n > max) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " '", value,
+                                                     "': expected whole numbers from 1 to ", max,
+                                                     ", comma-separated (1 or 1,8,32)"));
+    }
+    list.push_back(n);
+  }
+  return list;
 }
 
-// One model's decode benchmark at one batch size: `batch` sequences prefilled with random
-// prompts into a KV cache of their own, then greedy decode steps, each timed alone.
-class DecodeRun {
- public:
-  static absl::StatusOr<std::unique_ptr<DecodeRun>> Create(engine::Model& model,
-                                                           const std::string& dir, int64_t batch,
-                                                           int64_t prompt_len, int64_t steps) {
-    auto run = std::unique_ptr<DecodeRun>(new DecodeRun());
-    run->model_ = &model;
-    run->dir_ = dir;
-    run->prompt_len_ = prompt_len;
-    const engine::ModelConfig& config = model.config();
-    if (prompt_len + steps + 2 > config.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat("--prompt + --tokens exceed the context of ",
-                                                     config.max_position_embeddings, " of ", dir));
-    }
-    CMOE_ASSIGN_OR_RETURN(run->cache_, MakeCache(model, batch * (prompt_len + steps + 2 + 16)));
-    run->seqs_.resize(static_cast<size_t>(batch));
-    run->next_.resize(static_cast<size_t>(batch));
-    for (int64_t b = 0; b < batch; ++b) {
-      run->prompts_.push_back(RandomTokens(prompt_len, config.vocab_size, b));
-    }
-    for (int64_t b = 0; b < batch; ++b) {
-      CMOE_RETURN_IF_ERROR(run->cache_->Reserve(run->seqs_[b], prompt_len));
-      run->chunks_.push_back({.tokens = run->prompts_[b],
-                              .start_pos = 0,
-                              .blocks = &run->seqs_[b],
-                              .sample = &kGreedy});
-    }
-    CMOE_RETURN_IF_ERROR(model.Forward(run->chunks_, *run->cache_, run->out_));
-    return run;
-  }
-
-  // One decode step for every sequence; `timed` records it.
-  absl::Status Step(bool timed) {
-    const auto batch = static_cast<int64_t>(seqs_.size());
-    for (int64_t b = 0; b < batch; ++b) {
-      next_[b] = out_.tokens[b];
-      CMOE_RETURN_IF_ERROR(cache_->Reserve(seqs_[b], prompt_len_ + pos_ + 1));
-      chunks_[b] = {.tokens = {&next_[b], 1},
-                    .start_pos = prompt_len_ + pos_,
-                    .blocks = &seqs_[b],
-                    .sample = &kGreedy};
-    }
-    Timer timer;
-    CMOE_RETURN_IF_ERROR(model_->Forward(chunks_, *cache_, out_));
-    const double seconds = timer.Seconds();
-    ++pos_;
-    if (!timed) return absl::OkStatus();
-    step_seconds_.push_back(seconds);
-    step_bytes_.push_back(static_cast<double>(model_->LastStepWeightBytes()));
-    const engine::FfnStepStats& st = model_->last_step_stats();
-    if (st.num_routed > 0) {
-      int64_t touched = 0;
-      for (int64_t c : st.tokens_per_expert) touched += c > 0 ? 1 : 0;
-      const double layers = static_cast<double>(model_->config().num_hidden_layers);
-      touched_.push_back(static_cast<double>(touched) / layers);
-    }
-    neurons_ += st.neurons_computed;
-    neurons_dense_ += st.neurons_dense;
-    return absl::OkStatus();
-  }
-
-  nlohmann::json Result(double bandwidth) const {
-    const auto batch = static_cast<int64_t>(seqs_.size());
-    double total = 0.0;
-    for (double t : step_seconds_) total += t;
-    const double median = Median(step_seconds_);
-    const double bytes = Median(step_bytes_);
-    const double achieved = bytes / median / 1e9;
-    nlohmann::json j{
-        {"model", dir_},
-        {"tokens_per_second", static_cast<double>(batch) * step_seconds_.size() / total},
-        {"median_step_ms", median * 1e3},
-        {"median_tokens_per_second", static_cast<double>(batch) / median},
-        {"weight_bytes_per_step", bytes},
-        {"weight_bytes_per_token", bytes / static_cast<double>(batch)},
-        {"achieved_gbps", achieved},
-        {"read_bandwidth_gbps", bandwidth},
-        {"bandwidth_kind", BandwidthKind()},
-        {"bandwidth_ratio", achieved / bandwidth},
-        {"ffn_activation_ratio",
-         neurons_dense_ > 0 ? static_cast<double>(neurons_) / neurons_dense_ : 0.0}};
-    if (const auto& cmoe = model_->config().cmoe; cmoe.has_value()) {
-      j["cmoe"] = cmoe->Name();
-      j["routed_experts"] = cmoe->num_routed();
-      j["experts_touched_per_layer"] = Median(touched_);
-    }
-    return j;
-  }
-
- private:
-  DecodeRun() = default;
-
-  engine::Model* model_ = nullptr;
-  std::string dir_;
-  int64_t prompt_len_ = 0;
-  int64_t pos_ = 0;
-  std::unique_ptr<engine::KvCache> cache_;
-  std::vector<SequenceBlocks> seqs_;
-  std::vector<std::vector<int32_t>> prompts_;
-  std::vector<SequenceChunk> chunks_;
-  std::vector<int32_t> next_;
-  engine::ForwardOutput out_;
-  std::vector<double> step_seconds_, step_bytes_, touched_;
-  int64_t neurons_ = 0, neurons_dense_ = 0;
+// What one column of a decode comparison runs: a model on one backend, or the ranks of one
+// expert-parallel group.
+struct DecodeVariant {
+  std::string label;
+  std::vector<engine::LoadedModel> ranks;
 };
 
-// "1,8,32" -> {1, 8, 32}; every entry a whole number >= 1.
-absl::StatusOr<std::vector<int64_t>> ParseBatches(const std::string& flag) {
-  std::vector<int64_t> batches;
-  for (absl::string_view part : absl::StrSplit(flag, ',')) {
-    int64_t b = 0;
-    if (!absl::SimpleAtoi(part, &b) || b < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--batch '", flag, "': expected whole numbers >= 1, comma-separated (1 or 1,8,32)"));
-    }
-    batches.push_back(b);
-  }
-  return batches;
-}
-
-// One batch size over every loaded model, printed when done. Steps go in rounds that visit
-// every model in turn, and the bandwidth is sampled between rounds, so that all models and the
+// One batch size over every variant, printed when done. Steps go in rounds that visit every
+// variant in turn, and the bandwidth is sampled between rounds, so that all variants and the
 // bandwidth are measured over the same stretch of time (shared machines drift).
-absl::Status DecodeBatch(std::vector<engine::LoadedModel>& models,
-                         const std::vector<std::string>& dirs, int64_t batch, int64_t steps,
+absl::Status DecodeBatch(std::vector<DecodeVariant>& variants, int64_t batch, int64_t steps,
                          int64_t prompt_len) {
+  CMOE_ASSIGN_OR_RETURN(const kernels::DType kv_dtype,
+                        engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
   std::vector<std::unique_ptr<DecodeRun>> runs;
-  for (size_t i = 0; i < models.size(); ++i) {
+  for (DecodeVariant& v : variants) {
     CMOE_ASSIGN_OR_RETURN(std::unique_ptr<DecodeRun> run,
-                          DecodeRun::Create(*models[i].model, dirs[i], batch, prompt_len, steps));
+                          DecodeRun::Create(v.ranks, v.label,
+                                            {.batch = batch,
+                                             .prompt_len = prompt_len,
+                                             .steps = steps + 2,  // the warm-up steps too
+                                             .kv_block_size = kKvBlock,
+                                             .kv_cache_dtype = kv_dtype}));
     runs.push_back(std::move(run));
   }
   const int64_t warmup = 2, rounds = std::min<int64_t>(steps, 4);
@@ -323,14 +207,33 @@ absl::Status DecodeBatch(std::vector<engine::LoadedModel>& models,
   bandwidth_samples.push_back(last_sample);
   const double bandwidth = Median(bandwidth_samples);
   std::vector<nlohmann::json> results;
-  for (auto& run : runs) results.push_back(run->Result(bandwidth));
+  for (auto& run : runs) {
+    nlohmann::json r = run->Result();
+    if (r.contains("achieved_gbps")) {
+      r["read_bandwidth_gbps"] = bandwidth;
+      r["bandwidth_kind"] = BandwidthKind();
+      r["bandwidth_ratio"] = r["achieved_gbps"].get<double>() / bandwidth;
+    }
+    results.push_back(std::move(r));
+  }
   // Speedups from median step times: a shared machine's occasional stall moves the mean, not
   // the median.
   const double base = results[0]["median_step_ms"].get<double>();
-  for (auto& r : results) r["speedup"] = base / r["median_step_ms"].get<double>();
-  const std::string backend(models[0].model->backend().Name());
+  for (size_t i = 0; i < results.size(); ++i) {
+    nlohmann::json& r = results[i];
+    r["speedup"] = base / r["median_step_ms"].get<double>();
+    // What expert parallelism costs (or saves) per carved layer against --model on one backend.
+    if (runs[i]->ranks() > 1 || variants[i].ranks[0].comm != nullptr) {
+      r["expert_parallel"] = true;
+      if (runs[i]->carved_layers() > 0) {
+        r["step_delta_us_per_carved_layer"] = (r["median_step_ms"].get<double>() - base) * 1e3 /
+                                              static_cast<double>(runs[i]->carved_layers());
+      }
+    }
+  }
+  const std::string backend(variants[0].ranks[0].model->backend().Name());
   const std::string kind = OnCuda() ? "device copy bandwidth (read+write)" : "read bandwidth";
-  if (runs.size() == 1) {
+  if (runs.size() == 1 && !results[0].contains("expert_parallel")) {
     nlohmann::json j = results[0];
     j["mode"] = "decode";
     j["batch"] = batch;
@@ -359,9 +262,15 @@ absl::Status DecodeBatch(std::vector<engine::LoadedModel>& models,
   for (const auto& r : results) {
     absl::StrAppend(&text, "\n  ", r["model"].get<std::string>(), ": ",
                     r["tokens_per_second"].get<double>(), " tok/s (median step ",
-                    r["median_step_ms"].get<double>(), " ms, ", r["speedup"].get<double>(), "x), ",
-                    r["weight_bytes_per_step"].get<double>() / 1e9, " GB/step, ",
-                    100.0 * r["bandwidth_ratio"].get<double>(), " % of ", kind);
+                    r["median_step_ms"].get<double>(), " ms, ", r["speedup"].get<double>(), "x)");
+    if (r.contains("bandwidth_ratio")) {
+      absl::StrAppend(&text, ", ", r["weight_bytes_per_step"].get<double>() / 1e9, " GB/step, ",
+                      100.0 * r["bandwidth_ratio"].get<double>(), " % of ", kind);
+    }
+    if (r.contains("step_delta_us_per_carved_layer")) {
+      absl::StrAppend(&text, ", ", r["step_delta_us_per_carved_layer"].get<double>(),
+                      " us per carved layer vs one backend");
+    }
     if (r.contains("experts_touched_per_layer")) {
       absl::StrAppend(&text, ", ", r["experts_touched_per_layer"].get<double>(), " of ",
                       r["routed_experts"].get<int>(), " experts touched per layer");
@@ -371,27 +280,50 @@ absl::Status DecodeBatch(std::vector<engine::LoadedModel>& models,
   return absl::OkStatus();
 }
 
-// Decode of --model and every --compare model, at each --batch in turn; the models are loaded
-// once, and each batch's KV caches are freed before the next batch allocates its own.
+// Decode of --model and every --compare model, then --model over each --expert-parallel group,
+// at each --batch in turn; the models are loaded once, and each batch's KV caches are freed
+// before the next batch allocates its own.
 absl::Status RunDecode() {
   const int64_t steps = absl::GetFlag(FLAGS_tokens);
   const int64_t prompt_len = absl::GetFlag(FLAGS_prompt);
   CMOE_ASSIGN_OR_RETURN(const std::vector<int64_t> batches,
-                        ParseBatches(absl::GetFlag(FLAGS_batch)));
+                        ParseList("batch", absl::GetFlag(FLAGS_batch), int64_t{1} << 20));
+  std::vector<int64_t> worlds;
+  if (!absl::GetFlag(FLAGS_expert_parallel).empty()) {
+    CMOE_ASSIGN_OR_RETURN(worlds,
+                          ParseList("expert-parallel", absl::GetFlag(FLAGS_expert_parallel), 64));
+  }
   if (steps < 1 || prompt_len < 1 || absl::GetFlag(FLAGS_bandwidth_mib) < 1) {
     return absl::InvalidArgumentError("--tokens, --prompt and --bandwidth-mib must be >= 1");
   }
   CMOE_RETURN_IF_ERROR(RequireFlag("model", absl::GetFlag(FLAGS_model)));
-  const std::vector<std::string> dirs = ModelDirs();
-  std::vector<engine::LoadedModel> models;
-  for (const std::string& dir : dirs) {
+  std::vector<DecodeVariant> variants;
+  for (const std::string& dir : ModelDirs()) {
     // The load's own cache is one block, released at once: each batch makes its own.
     CMOE_ASSIGN_OR_RETURN(engine::LoadedModel m, Load(dir, kKvBlock));
     m.cache.reset();
-    models.push_back(std::move(m));
+    variants.push_back({.label = dir});
+    variants.back().ranks.push_back(std::move(m));
+  }
+  for (const int64_t world : worlds) {
+    CMOE_ASSIGN_OR_RETURN(const kernels::DType kv_dtype,
+                          engine::ParseKvCacheDType(absl::GetFlag(FLAGS_kv_cache_dtype)));
+    CMOE_ASSIGN_OR_RETURN(std::vector<engine::LoadedModel> ranks,
+                          engine::LoadExpertParallelModels({.model_dir = absl::GetFlag(FLAGS_model),
+                                                            .device = absl::GetFlag(FLAGS_device),
+                                                            .threads = absl::GetFlag(FLAGS_threads),
+                                                            .kv_block_size = kKvBlock,
+                                                            .kv_cache_tokens = kKvBlock,
+                                                            .kv_cache_dtype = kv_dtype,
+                                                            .load_tokenizer = false},
+                                                           static_cast<int32_t>(world)));
+    for (engine::LoadedModel& rank : ranks) rank.cache.reset();
+    variants.push_back(
+        {.label = absl::StrCat(absl::GetFlag(FLAGS_model), " (expert-parallel x", world, ")"),
+         .ranks = std::move(ranks)});
   }
   for (const int64_t batch : batches) {
-    CMOE_RETURN_IF_ERROR(DecodeBatch(models, dirs, batch, steps, prompt_len));
+    CMOE_RETURN_IF_ERROR(DecodeBatch(variants, batch, steps, prompt_len));
   }
   return absl::OkStatus();
 }
@@ -481,8 +413,8 @@ absl::Status RunPrefill() {
 int main(int argc, char** argv) {
   const std::vector<std::string> args = cmoe::tools::ParseToolFlags(
       argc, argv,
-      "cmoe-bench decode --model DIR [--compare DIR2,...] --batch B[,B2,...] --tokens N "
-      "[--threads T] [--device cpu|cuda[:N]] [--json]\n"
+      "cmoe-bench decode --model DIR [--compare DIR2,...] [--expert-parallel W[,W2,...]] "
+      "--batch B[,B2,...] --tokens N [--threads T] [--device cpu|cuda[:N]] [--json]\n"
       "cmoe-bench prefill --model DIR [--compare DIR2,...] --tokens N [--threads T] [--json]");
   absl::Status status;
   if (args.size() == 1 && args[0] == "decode") {

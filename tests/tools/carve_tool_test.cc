@@ -271,6 +271,62 @@ TEST(CmoeCarveTest, CarvedCheckpointGenerates) {
                   "cmoe-generate", {"dense"});
 }
 
+// cmoe-bench decode --expert-parallel on a carved checkpoint: the model on one backend, over a
+// world of one and over three CPU ranks, in one run. The ranks decode the same sequences as the
+// single backend (5 sequences: 2, 2 and 1 per rank), so the experts their tokens touch are the
+// same; only the group reports what parallelism costs per carved layer.
+TEST(CmoeBenchExpertParallelTest, ComparesGroupsThatRouteLikeOneBackend) {
+  ScratchDir scratch;
+  const std::string out = scratch.Join("carved");
+  ASSERT_EQ(Carve(out, {"--config", "S2A2E8"}).exit_code, 0);
+  const SubprocessResult r =
+      RunTool("cmoe-bench", {"decode", "--model", out, "--expert-parallel", "1,3", "--batch", "5",
+                             "--tokens", "6", "--threads", "3", "--bandwidth-mib", "16", "--json"});
+  ASSERT_TRUE(Succeeded(r));
+  const Json j = StdoutJson(r);
+  ASSERT_TRUE(j.is_object() && j.contains("models")) << r.out;
+  EXPECT_EQ(j.value("batch", 0), 5);
+  const Json& models = j["models"];
+  ASSERT_EQ(models.size(), 3u) << j;
+  EXPECT_EQ(models[0].value("ranks", 0), 1);
+  EXPECT_FALSE(models[0].contains("expert_parallel"));
+  EXPECT_EQ(models[1].value("ranks", 0), 1);
+  EXPECT_EQ(models[2].value("ranks", 0), 3);
+  EXPECT_THAT(models[2].value("model", ""), HasSubstr("expert-parallel x3"));
+  for (size_t i = 1; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_TRUE(models[i].value("expert_parallel", false));
+    ASSERT_TRUE(models[i].contains("step_delta_us_per_carved_layer"));
+    EXPECT_GT(models[i].value("tokens_per_second", 0.0), 0.0);
+    EXPECT_DOUBLE_EQ(models[i].value("experts_touched_per_layer", -1.0),
+                     models[0].value("experts_touched_per_layer", -2.0));
+    EXPECT_DOUBLE_EQ(models[i].value("ffn_activation_ratio", -1.0),
+                     models[0].value("ffn_activation_ratio", -2.0));
+  }
+  // A world of one reads what one backend reads; a real group has no single figure for it.
+  EXPECT_DOUBLE_EQ(models[1].value("weight_bytes_per_step", -1.0),
+                   models[0].value("weight_bytes_per_step", -2.0));
+  EXPECT_FALSE(models[2].contains("weight_bytes_per_step"));
+  // The comparison above means something only when a step's tokens spread over more experts
+  // than one token's k = 2 (5 sequences over 6 routed experts).
+  EXPECT_GT(models[0].value("experts_touched_per_layer", 0.0), 2.0);
+}
+
+TEST(CmoeBenchExpertParallelTest, RejectsBadGroupSizesAndADenseModel) {
+  ScratchDir scratch;
+  const std::string out = scratch.Join("carved");
+  ASSERT_EQ(Carve(out, {"--config", "S2A2E8"}).exit_code, 0);
+  for (const char* bad : {"0", "65", "2,x"}) {
+    SCOPED_TRACE(bad);
+    ExpectToolError(RunTool("cmoe-bench",
+                            {"decode", "--model", out, "--expert-parallel", bad, "--tokens", "2"}),
+                    "cmoe-bench", {"--expert-parallel", bad});
+  }
+  ExpectToolError(RunTool("cmoe-bench", {"decode", "--model", Tinystories(), "--expert-parallel",
+                                         "2", "--tokens", "2"}),
+                  "cmoe-bench", {"dense"});
+}
+
 // ---------------------------------------------------------------------------------------------
 // Config spellings and determinism
 
