@@ -7,13 +7,17 @@
 // - A rank whose forward fails mid-step aborts the group: its peers, waiting in a collective,
 //   return, every request finishes with an error, the engine stops serving, nothing hangs.
 // - Engine::Create and LoadExpertParallelModels refuse what is not a group.
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "engine/checkpoint.h"
 #include "engine/engine.h"
 #include "engine/model.h"
@@ -141,6 +145,120 @@ TEST(EngineExpertParallelTest, RanksWithoutSequencesJoinEveryStep) {
   EXPECT_TRUE(load.idle_ranks_every_step);
   EXPECT_EQ(load.tokens[0] + load.tokens[1] + load.tokens[2],
             static_cast<int64_t>(prompts[0].size()) + 23);
+}
+
+// Serving churn over three ranks: requests arrive from three threads while others run, some are
+// cancelled mid-stream (from inside their own token callback, on the step thread) or while still
+// waiting (from a client thread), some arrive with a deadline already passed, and lengths differ,
+// so ranks keep emptying and refilling (ForwardIdle in between) and admission keeps rebalancing.
+// Every request finishes once with the right reason; the requests that ran to their length give
+// exactly one engine's greedy tokens, the cancelled ones a prefix of them; afterwards the engine
+// is idle with its KV caches free and still serves.
+TEST(EngineExpertParallelTest, ChurnOfArrivalsCancelsAndDeadlinesKeepsTheGroupServing) {
+  constexpr int kRequests = 18;
+  constexpr int kClients = 3;
+  std::unique_ptr<engine::Engine> single = MakeEngine(LoadDir(CarvedDir(), 4096));
+  const std::vector<std::vector<int32_t>> prompts = Prompts(single->tokenizer(), kRequests);
+  const auto length = [](int i) -> int64_t { return 3 + (i * 7) % 17; };
+  std::vector<std::vector<int32_t>> expected;
+  for (int i = 0; i < kRequests; ++i) {
+    expected.push_back(GenerateAll(*single, {prompts[i]}, length(i))[0]);
+  }
+  single->Shutdown(absl::ZeroDuration());
+
+  enum class Fate { kRuns, kCancelledRunning, kCancelledWaiting, kExpired };
+  const auto fate = [](int i) {
+    switch (i % 6) {
+      case 1:
+        return Fate::kCancelledRunning;
+      case 4:
+        return i % 12 == 4 ? Fate::kExpired : Fate::kCancelledWaiting;
+      default:
+        return Fate::kRuns;
+    }
+  };
+  RankLoad load;
+  auto created = engine::Engine::Create(LoadRanks(3), {.max_running = 2, .max_waiting = 64},
+                                        [&](const auto& r) { load.Add(r); });
+  ASSERT_TRUE(created.ok()) << created.status();
+  engine::Engine& engine = **created;
+
+  std::vector<std::shared_ptr<RecordingSink>> sinks(kRequests);
+  std::vector<std::atomic<uint64_t>> ids(kRequests);
+  for (int i = 0; i < kRequests; ++i) {
+    sinks[i] = std::make_shared<RecordingSink>();
+    if (fate(i) == Fate::kCancelledRunning) {
+      // Cancelled by its own callback after 1-3 tokens (the id is stored before the first step
+      // can deliver a token: Submit returns it first, and the hook waits for it).
+      const int64_t after = 1 + i % 3;
+      sinks[i]->on_tokens_hook = [&engine, &ids, i, after](const engine::TokenEvent&, int64_t n) {
+        if (n == after) {
+          while (ids[i].load() == 0) std::this_thread::yield();
+          engine.Cancel(ids[i].load());
+        }
+      };
+    }
+  }
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      for (int i = c; i < kRequests; i += kClients) {
+        engine::GenerationRequest r = Greedy(prompts[i], length(i), /*ignore_eos=*/true);
+        if (fate(i) == Fate::kExpired) {
+          r.deadline = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+        }
+        auto id = engine.Submit(std::move(r), sinks[i]);
+        ASSERT_TRUE(id.ok()) << id.status();
+        ids[i].store(*id);
+        if (fate(i) == Fate::kCancelledWaiting) engine.Cancel(*id);
+        std::this_thread::sleep_for(std::chrono::milliseconds(1 + (i * 5) % 7));
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+
+  for (int i = 0; i < kRequests; ++i) {
+    SCOPED_TRACE(absl::StrCat("request ", i));
+    ASSERT_TRUE(sinks[i]->WaitFinished()) << "hangs";
+    EXPECT_EQ(sinks[i]->finishes(), 1);
+    EXPECT_FALSE(sinks[i]->tokens_after_finish());
+    ExpectContract(*sinks[i], ids[i].load(), engine.tokenizer(), prompts[i], "churn");
+    const std::vector<int32_t> got = sinks[i]->tokens();
+    ASSERT_LE(got.size(), expected[i].size());
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), expected[i].begin()))
+        << "not a prefix of one engine's greedy tokens";
+    switch (fate(i)) {
+      case Fate::kRuns:
+        EXPECT_EQ(sinks[i]->reason(), FinishReason::kLength);
+        EXPECT_EQ(got, expected[i]);
+        break;
+      case Fate::kCancelledRunning:
+        EXPECT_EQ(sinks[i]->reason(), FinishReason::kCancelled);
+        EXPECT_EQ(static_cast<int64_t>(got.size()), 1 + i % 3);
+        break;
+      case Fate::kCancelledWaiting:
+        // Cancelled right after Submit: usually before its first step, but the step thread may
+        // have admitted it and delivered a token or two in between.
+        EXPECT_EQ(sinks[i]->reason(), FinishReason::kCancelled);
+        break;
+      case Fate::kExpired:
+        EXPECT_EQ(sinks[i]->reason(), FinishReason::kTimeLimit);
+        EXPECT_TRUE(got.empty());
+        break;
+    }
+  }
+  EXPECT_TRUE(EventuallyIdle(engine));
+  EXPECT_FALSE(engine.Stats().failed);
+  EXPECT_TRUE(engine.Health().ok()) << engine.Health();
+  {
+    std::lock_guard<std::mutex> lock(load.mutex);
+    ASSERT_EQ(load.tokens.size(), 3u);
+    for (int r = 0; r < 3; ++r) EXPECT_GT(load.tokens[r], 0) << "rank " << r << " never ran";
+  }
+  // Still serving, on whichever rank admission picks.
+  EXPECT_EQ(GenerateAll(engine, {prompts[0]}, length(0))[0], expected[0]);
+  EXPECT_TRUE(EventuallyIdle(engine));
+  engine.Shutdown(absl::ZeroDuration());
 }
 
 // The CPU backend; its `fail_at`-th MatMul (counting from 1) fails, and every later one.
