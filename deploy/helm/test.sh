@@ -129,6 +129,23 @@ grep -qF -- '- "--expert-parallel=4"' "$rendered/expert-parallel.yaml" ||
   fail "expert-parallel: server.expertParallel does not reach --expert-parallel"
 grep -qF -- '"--expert-parallel=' "$rendered/kv-cache-bf16.yaml" &&
   fail "kv-cache-bf16: --expert-parallel given with server.expertParallel 1"
+# NCCL needs more than a container's 64 MiB of /dev/shm: a memory-backed one comes with the ranks.
+shm_mount() { grep -A1 -- '- name: dshm' "$1" | grep -qF 'mountPath: /dev/shm'; }
+shm_volume() { grep -A3 -- '- name: dshm' "$1" | grep -qF "sizeLimit: \"$2\""; }
+shm_mount "$rendered/expert-parallel.yaml" && shm_volume "$rendered/expert-parallel.yaml" 1Gi ||
+  fail "expert-parallel: no memory-backed /dev/shm of server.sharedMemorySize (1Gi)"
+grep -qF 'medium: Memory' "$rendered/expert-parallel.yaml" ||
+  fail "expert-parallel: /dev/shm is not memory-backed"
+grep -qF -- 'dshm' "$rendered/kv-cache-bf16.yaml" &&
+  fail "kv-cache-bf16: /dev/shm mounted with server.expertParallel 1"
+render_ok expert-parallel-shm --set gpu.enabled=true --set gpu.count=2 \
+  --set server.expertParallel=2 --set server.sharedMemorySize=2Gi
+shm_mount "$rendered/expert-parallel-shm.yaml" && shm_volume "$rendered/expert-parallel-shm.yaml" 2Gi ||
+  fail "expert-parallel-shm: server.sharedMemorySize does not size /dev/shm"
+render_ok expert-parallel-no-shm --set gpu.enabled=true --set gpu.count=2 \
+  --set server.expertParallel=2 --set server.sharedMemorySize=
+grep -qF -- 'dshm' "$rendered/expert-parallel-no-shm.yaml" &&
+  fail "expert-parallel-no-shm: /dev/shm mounted with server.sharedMemorySize \"\""
 render_ok release-in-namespace --name prod --namespace inference --set autoscaling.keda.enabled=true
 grep -qF 'query: "sum(cmoe_waiting_requests{namespace=\"inference\", service=\"prod-cmoe-serve\"})"' \
   "$rendered/release-in-namespace.yaml" ||
@@ -155,6 +172,8 @@ invalid=(
   "expert parallel without GPUs|server.expertParallel 2 needs gpu.enabled and gpu.count >= 2|--set server.expertParallel=2"
   "expert parallel over too few GPUs|server.expertParallel 4 needs gpu.enabled|--set gpu.enabled=true --set gpu.count=2 --set server.expertParallel=4"
   "expert parallel zero|server.expertParallel 0: between 1 and 64|--set server.expertParallel=0"
+  "shared memory size|server.sharedMemorySize \"lots\": a Kubernetes quantity|--set server.sharedMemorySize=lots"
+  "shared memory in kv units|server.sharedMemorySize \"1GiB\"|--set server.sharedMemorySize=1GiB"
   "autoscaling range|want 1 <= minReplicas (5) <= maxReplicas (2)|--set autoscaling.hpa.enabled=true --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=2"
   "autoscaling from zero|want 1 <= minReplicas (0)|--set autoscaling.keda.enabled=true --set autoscaling.minReplicas=0"
   "pdb both|pdb.maxUnavailable and pdb.minAvailable are exclusive|--set pdb.minAvailable=1"

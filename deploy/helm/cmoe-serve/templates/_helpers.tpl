@@ -172,6 +172,10 @@ work; rendered (as nothing) by the Deployment, so every install runs them.
 {{- if and (gt $ep 1) (or (not .Values.gpu.enabled) (lt (int64 .Values.gpu.count) $ep)) }}
 {{- fail (printf "server.expertParallel %d needs gpu.enabled and gpu.count >= %d (one GPU per rank)" $ep $ep) }}
 {{- end }}
+{{- $shm := toString (dig "sharedMemorySize" "" $s) }}
+{{- if and $shm (not (regexMatch "^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$" $shm)) }}
+{{- fail (printf "server.sharedMemorySize %q: a Kubernetes quantity such as 1Gi or 512Mi, or \"\" for none" $shm) }}
+{{- end }}
 {{- end }}
 
 {{- define "cmoe-serve.validateScaling" -}}
