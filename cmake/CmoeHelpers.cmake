@@ -11,10 +11,15 @@ function(cmoe_simd_sources target)
 endfunction()
 
 # cmoe_add_test(<name> SOURCES <files...> LIBS <targets...> LABELS <labels...>
-#               [TIMEOUT <s>] [TEST_PREFIX <prefix>])
-# One GoogleTest executable; every TEST becomes a CTest test carrying the labels.
+#               [TIMEOUT <s>] [TEST_PREFIX <prefix>] [TSAN])
+# One GoogleTest executable; every TEST becomes a CTest test carrying the labels (one label: CMake
+# 3.25's gtest_discover_tests splits a list). TSAN: the executable joins the target tsan_tests
+# (tests/CMakeLists.txt), which scripts/test.sh builds and runs under ThreadSanitizer.
 function(cmoe_add_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT;TEST_PREFIX" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "TSAN" "TIMEOUT;TEST_PREFIX" "SOURCES;LIBS;LABELS" ${ARGN})
+  if(ARG_TSAN)
+    set_property(GLOBAL APPEND PROPERTY CMOE_TSAN_TESTS ${name})
+  endif()
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_LIBS} cmoe_test_util GTest::gtest GTest::gmock
                                         GTest::gtest_main)
