@@ -147,22 +147,6 @@ void Print(const nlohmann::json& j, const std::string& line) {
   std::fflush(stdout);  // a batch's result is out before the next batch starts
 }
 
-// "1,8,32" -> {1, 8, 32}; every entry a whole number in [1, max]. `flag` names the flag.
-absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& flag, const std::string& value,
-                                               int64_t max) {
-  std::vector<int64_t> list;
-  for (absl::string_view part : absl::StrSplit(value, ',')) {
-    int64_t n = 0;
-    if (!absl::SimpleAtoi(part, &n) || n < 1 || n > max) {
-      return absl::InvalidArgumentError(absl::StrCat("--", flag, " '", value,
-                                                     "': expected whole numbers from 1 to ", max,
-                                                     ", comma-separated (1 or 1,8,32)"));
-    }
-    list.push_back(n);
-  }
-  return list;
-}
-
 // What one column of a decode comparison runs: a model on one backend, or the ranks of one
 // expert-parallel group.
 struct DecodeVariant {
@@ -287,11 +271,11 @@ absl::Status RunDecode() {
   const int64_t steps = absl::GetFlag(FLAGS_tokens);
   const int64_t prompt_len = absl::GetFlag(FLAGS_prompt);
   CMOE_ASSIGN_OR_RETURN(const std::vector<int64_t> batches,
-                        ParseList("batch", absl::GetFlag(FLAGS_batch), int64_t{1} << 20));
+                        ParseCountList("batch", absl::GetFlag(FLAGS_batch), int64_t{1} << 20));
   std::vector<int64_t> worlds;
   if (!absl::GetFlag(FLAGS_expert_parallel).empty()) {
-    CMOE_ASSIGN_OR_RETURN(worlds,
-                          ParseList("expert-parallel", absl::GetFlag(FLAGS_expert_parallel), 64));
+    CMOE_ASSIGN_OR_RETURN(
+        worlds, ParseCountList("expert-parallel", absl::GetFlag(FLAGS_expert_parallel), 64));
   }
   if (steps < 1 || prompt_len < 1 || absl::GetFlag(FLAGS_bandwidth_mib) < 1) {
     return absl::InvalidArgumentError("--tokens, --prompt and --bandwidth-mib must be >= 1");

@@ -91,21 +91,6 @@ struct Options {
   std::string json;
 };
 
-// Comma-separated positive integers for --batch.
-absl::StatusOr<std::vector<int64_t>> ParseBatches(absl::string_view text) {
-  std::vector<int64_t> batches;
-  for (absl::string_view item : absl::StrSplit(text, ',')) {
-    int64_t b = 0;
-    if (!absl::SimpleAtoi(item, &b) || b < 1 || b > kMaxBatch) {
-      return absl::InvalidArgumentError(absl::StrCat("--batch '", text, "': '", item,
-                                                     "' is not a batch size in [1, ", kMaxBatch,
-                                                     "] (expected e.g. 1,8,32)"));
-    }
-    batches.push_back(b);
-  }
-  return batches;
-}
-
 absl::Status CheckPositive(absl::string_view flag, int64_t value, int64_t min) {
   if (value >= min) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", value, " must be >= ", min));
@@ -143,7 +128,7 @@ absl::StatusOr<Options> ReadOptions() {
   if (!std::isfinite(o.skew) || o.skew < 0.0) {
     return absl::InvalidArgumentError(absl::StrCat("--skew ", o.skew, " must be finite, >= 0"));
   }
-  CMOE_ASSIGN_OR_RETURN(o.batches, ParseBatches(absl::GetFlag(FLAGS_batch)));
+  CMOE_ASSIGN_OR_RETURN(o.batches, ParseCountList("batch", absl::GetFlag(FLAGS_batch), kMaxBatch));
   const std::string configs = absl::GetFlag(FLAGS_config);
   for (absl::string_view item : absl::StrSplit(configs, ',')) {
     if (absl::AsciiStrToLower(item) == "dense") continue;

@@ -10,7 +10,9 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace cmoe::tools {
 
@@ -86,6 +88,22 @@ void ProgressLine::Update(int64_t done, int64_t total) {
                static_cast<long long>(done), static_cast<long long>(total), now - start_,
                tty_ && !last ? "" : "\n");
   std::fflush(stderr);
+}
+
+absl::StatusOr<std::vector<int64_t>> ParseCountList(std::string_view flag, std::string_view value,
+                                                    int64_t max) {
+  std::vector<int64_t> list;
+  for (absl::string_view item :
+       absl::StrSplit(absl::string_view(value.data(), value.size()), ',')) {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(item, &n) || n < 1 || n > max) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", std::string(flag), " '", std::string(value), "': '", std::string(item),
+          "' is not a whole number in [1, ", max, "] (a comma-separated list such as 1,8,32)"));
+    }
+    list.push_back(n);
+  }
+  return list;
 }
 
 absl::Status CheckActiveExperts(int32_t k, int32_t num_routed, std::string_view config_name) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace cmoe::tools {
 
@@ -22,6 +23,11 @@ int Fail(std::string_view tool, const absl::Status& status);
 
 // InvalidArgument "--<flag> is required" when `value` is empty.
 absl::Status RequireFlag(std::string_view flag, const std::string& value);
+
+// A comma-separated list of whole numbers in [1, max] ("1,8,32"), as --batch takes it;
+// InvalidArgument naming --<flag>, the value and the entry that is not one.
+absl::StatusOr<std::vector<int64_t>> ParseCountList(std::string_view flag, std::string_view value,
+                                                    int64_t max);
 
 // For --active-experts K of a tool: OK for K == 0 (the default); otherwise InvalidArgument naming
 // the flag when the model is dense (`num_routed` == 0) or K is outside [1, num_routed].
