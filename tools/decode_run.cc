@@ -57,8 +57,7 @@ absl::StatusOr<std::unique_ptr<DecodeRun>> DecodeRun::Create(
     rank.comm = rank.model->expert_parallel();
     if (world > 1 && rank.comm == nullptr) {
       return absl::InvalidArgumentError(
-          "DecodeRun: several models that are not expert-parallel "
-          "ranks of one group");
+          "DecodeRun: several models that are not the expert-parallel ranks of one group");
     }
     // Sequences r, r + world, ...: the engine's placement (fewest running) gives the same counts.
     const int64_t mine = options.batch / world + (r < options.batch % world ? 1 : 0);
