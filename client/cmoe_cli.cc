@@ -491,6 +491,7 @@ absl::Status RunBench() {
 
   std::vector<double> ttft, itl, e2e;
   std::map<std::string, int> errors;
+  std::map<std::string, std::string> error_messages;  // per code, the first request's message
   std::string first_error;
   int64_t tokens = 0;
   int ok = 0;
@@ -498,6 +499,7 @@ absl::Status RunBench() {
     tokens += r.tokens;
     if (r.code != grpc::StatusCode::OK) {
       ++errors[CodeName(r.code)];
+      error_messages.emplace(CodeName(r.code), r.message);
       if (first_error.empty()) first_error = CodeName(r.code) + ": " + r.message;
       continue;
     }
@@ -513,6 +515,8 @@ absl::Status RunBench() {
   }
   Json error_json = Json::object();
   for (const auto& [code, n] : errors) error_json[code] = n;
+  Json message_json = Json::object();
+  for (const auto& [code, message] : error_messages) message_json[code] = message;
   const Json j{{"target", absl::GetFlag(FLAGS_target)},
                {"concurrency", concurrency},
                {"rate", rate},
@@ -520,6 +524,7 @@ absl::Status RunBench() {
                {"requests", done},
                {"ok", ok},
                {"errors", error_json},
+               {"error_messages", message_json},
                {"wall_seconds", wall},
                {"generated_tokens", tokens},
                {"tokens_per_second", wall > 0 ? static_cast<double>(tokens) / wall : 0.0},
@@ -542,7 +547,9 @@ absl::Status RunBench() {
     std::printf("%-8s p50 %8.2f  p90 %8.2f  p99 %8.2f  mean %8.2f\n", key, s["p50"].get<double>(),
                 s["p90"].get<double>(), s["p99"].get<double>(), s["mean"].get<double>());
   }
-  for (const auto& [code, n] : errors) std::printf("error %s: %d\n", code.c_str(), n);
+  for (const auto& [code, n] : errors) {
+    std::printf("error %s: %d (the first: %s)\n", code.c_str(), n, error_messages[code].c_str());
+  }
   return absl::OkStatus();
 }
 

@@ -173,6 +173,8 @@ TEST_F(CliTest, BenchJson) {
   EXPECT_EQ(j["ok"], 8);
   EXPECT_TRUE(j["errors"].is_object());
   EXPECT_TRUE(j["errors"].empty()) << j["errors"].dump();
+  EXPECT_TRUE(j["error_messages"].is_object() && j["error_messages"].empty())
+      << j["error_messages"].dump();
   EXPECT_EQ(j["generated_tokens"], 64);
   EXPECT_GT(j["tokens_per_second"].get<double>(), 0.0);
   EXPECT_GT(j["requests_per_second"].get<double>(), 0.0);
