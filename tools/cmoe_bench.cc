@@ -15,8 +15,9 @@
 // line, or one JSON object per line with --json) as soon as it is done. --expert-parallel adds
 // --model over groups of W expert-parallel ranks (tools/decode_run.h: the batch spread over the
 // ranks, every rank's step at once), with what the group saves or costs per carved layer against
-// --model on one backend (step_delta_us_per_carved_layer; with W = 1 the pure cost of the
-// exchanges and their host round trips). prefill reports tokens/s
+// --model on one backend (step_delta_us_per_carved_layer; with W = 1 on a GPU the exchanges' own
+// cost, while on the CPU a group also runs the fused FFN path instead of the host MoE layer).
+// prefill reports tokens/s
 // and GFLOP/s of one N-token prompt; with --compare, the models' repeats are interleaved and
 // speedups are relative to --model.
 #include <algorithm>
