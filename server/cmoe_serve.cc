@@ -272,10 +272,15 @@ absl::Status Run() {
   int selected_port = 0;
   const std::string address = HostPort(host, port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &selected_port);
+  // gRPC binds with SO_REUSEPORT by default: a second server on a port in use would start without
+  // an error and the kernel would split new connections between the two processes (an old server
+  // still draining would get part of the new one's traffic). One server per port.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || selected_port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address, " (in use by another process, or not an address here)"));
   }
   SetServing(*server, metrics.get(), false);
   std::printf("listening on %s:%d\n", host.c_str(), selected_port);

@@ -614,6 +614,25 @@ TEST(ServerMetricsTest, MetricsPortInUseFailsTheStart) {
   EXPECT_EQ(r.out, "");
 }
 
+// A gRPC port another cmoe-serve listens on is a startup error too: gRPC's default SO_REUSEPORT
+// would have let both bind it and split the connections between them.
+TEST(ServerFlagsTest, PortOfAnotherServerFailsTheStart) {
+  if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel))) {
+    GTEST_SKIP() << "no shared model " << kModel;
+  }
+  ServerProcess first;
+  ASSERT_EQ(first.Start({"--threads", "1"}, cmoe::testing::SharedModel(kModel)), "");
+  const std::string port = std::to_string(first.port());
+  const cmoe::testing::SubprocessResult r =
+      cmoe::testing::RunTool("cmoe-serve", {"--model", cmoe::testing::SharedModel(kModel), "--port",
+                                            port, "--metrics-port", "0", "--threads", "1"});
+  cmoe::testing::ExpectToolError(r, "cmoe-serve", {"cannot listen on", port, "in use"});
+  EXPECT_EQ(r.out, "");
+  // The first server still has its port and serves.
+  ASSERT_TRUE(WaitServing(first.channel().get()));
+  EXPECT_EQ(first.Terminate(), 0);
+}
+
 // Bad flags end the start with one error line naming the flag, before anything listens.
 TEST(ServerFlagsTest, BadFlagsAreErrors) {
   if (!std::filesystem::exists(cmoe::testing::SharedModel(kModel))) {
