@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The test command: installs missing system packages, configures, builds with all cores, and runs
 # every test but the `gpu` label (GPU tests skip cleanly without a device anyway); then builds the
-# tests labelled tsan (threads that talk to each other: the serving engine, expert-parallel ranks
+# tests marked TSAN (threads that talk to each other: the serving engine, expert-parallel ranks
 # and their communicators, the thread pool) with ThreadSanitizer in build-tsan/ and runs them.
 # Exits non-zero on any failure.
 #
-#   scripts/test.sh              # Release build in build/, then the tsan tests in build-tsan/
+#   scripts/test.sh              # Release build in build/, then the TSAN tests in build-tsan/
 #   CMOE_TSAN=0 scripts/test.sh  # without the ThreadSanitizer stage
 #   BUILD_DIR=build-asan CMAKE_PRESET=asan scripts/test.sh   # one preset's build, no tsan stage
 set -euo pipefail
