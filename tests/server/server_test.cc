@@ -491,14 +491,19 @@ TEST(ServerMetricsTest, CarvedModelTrafficIsCounted) {
     ASSERT_TRUE(info.has_cmoe());
   }
 
-  // The engine gauges are polled every 100 ms: wait for the KV cache to read empty again.
+  // The engine gauges are polled every 100 ms: wait for them all to read idle again (one poll
+  // may land between the last finish and the step that empties the batch).
   std::string text;
   std::vector<Sample> samples;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   do {
     text = Scrape(server.metrics_port());
     samples = ParseSamples(text);
-    if (Value(samples, "cmoe_kv_cache_usage_ratio") == 0.0) break;
+    if (Value(samples, "cmoe_kv_cache_usage_ratio") == 0.0 &&
+        Value(samples, "cmoe_running_requests") == 0.0 &&
+        Value(samples, "cmoe_waiting_requests") == 0.0) {
+      break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   } while (std::chrono::steady_clock::now() < deadline);
   ASSERT_NE(text, "");
