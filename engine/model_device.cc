@@ -1,7 +1,7 @@
 // The FFN half of Model::Forward on a device backend (see engine/model.h): dense layers and
-// shared experts as fused gate+up matmuls, routed experts through the MoE primitives of
-// kernels/moe_ops.h, all in device memory; the per-expert counts of the whole step come back
-// with one copy at its end.
+// shared experts as one GatedFfn (fused gate+up), routed experts through the MoE primitives of
+// kernels/moe_ops.h with their FFN as one grouped GatedFfn, all in device memory; the per-expert
+// counts of the whole step come back with one copy at its end.
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -54,8 +54,7 @@ absl::Status Model::DeviceBeginStep(std::span<const SequenceChunk> chunks) {
   const int64_t d = c.hidden_size;
   const int64_t rows = std::max(slots, rows_);
   const int64_t width = std::max(routed_width, dense_width);
-  CMOE_RETURN_IF_ERROR(b.Reserve(dev.gate_up, rows * 2 * width * 4));
-  CMOE_RETURN_IF_ERROR(b.Reserve(dev.act, rows * width * 4));
+  CMOE_RETURN_IF_ERROR(b.Reserve(dev.ffn_workspace, kernels::GatedFfnWorkspaceBytes(rows, width)));
   if (experts == 0) return absl::OkStatus();
   CMOE_RETURN_IF_ERROR(b.Reserve(dev.router_logits, rows_ * 2 * experts * 4));
   CMOE_RETURN_IF_ERROR(b.Reserve(dev.selected, rows_ * max_k * 4));
@@ -76,16 +75,18 @@ absl::Status Model::DeviceFfn(int64_t layer, std::span<const SequenceChunk> /*ch
   const int64_t d = config().hidden_size;
   float* h = h_.as<float>();
   float* x = x_.as<float>();
-  float* gate_up = dev.gate_up.as<float>();
-  float* act = dev.act.as<float>();
   if (f.width > 0) {  // the dense FFN, or the shared expert of a carved layer
-    CMOE_RETURN_IF_ERROR(b.MatMul(h, rows_, f.gate_up, gate_up, Accumulate::kNo));
-    CMOE_RETURN_IF_ERROR(b.SiluMulPacked(gate_up, rows_, f.width, act));
-    CMOE_RETURN_IF_ERROR(b.MatMul(act, rows_, f.down, x, Accumulate::kYes));
+    CMOE_RETURN_IF_ERROR(b.GatedFfn({.x = h,
+                                     .num_rows = rows_,
+                                     .gate_up = kernels::AsOneGroup(f.gate_up),
+                                     .down = kernels::AsOneGroup(f.down),
+                                     .workspace = dev.ffn_workspace.data(),
+                                     .workspace_bytes = dev.ffn_workspace.bytes(),
+                                     .y = x,
+                                     .accumulate = true}));
   }
   const int32_t experts = f.num_routed;
   if (experts == 0) return absl::OkStatus();
-  const int64_t width = f.expert_down.cols;
   for (size_t r = 0; r < dev.runs.size(); ++r) {
     const DeviceState::Run& run = dev.runs[r];
     const int64_t slots = run.rows * run.k;
@@ -116,18 +117,15 @@ absl::Status Model::DeviceFfn(int64_t layer, std::span<const SequenceChunk> /*ch
                                           .slot_token = dev.slot_token.as<int32_t>(),
                                           .slot_source = dev.slot_source.as<int32_t>(),
                                           .token_slot = dev.token_slot.as<int32_t>()}));
-    CMOE_RETURN_IF_ERROR(b.GroupedMatMul({.x = run_h,
-                                          .row_index = dev.slot_token.as<int32_t>(),
-                                          .num_rows = slots,
-                                          .offsets = dev.offsets.as<int32_t>(),
-                                          .w = f.expert_gate_up,
-                                          .y = gate_up}));
-    CMOE_RETURN_IF_ERROR(b.SiluMulPacked(gate_up, slots, width, act));
-    CMOE_RETURN_IF_ERROR(b.GroupedMatMul({.x = act,
-                                          .num_rows = slots,
-                                          .offsets = dev.offsets.as<int32_t>(),
-                                          .w = f.expert_down,
-                                          .y = dev.expert_out.as<float>()}));
+    CMOE_RETURN_IF_ERROR(b.GatedFfn({.x = run_h,
+                                     .row_index = dev.slot_token.as<int32_t>(),
+                                     .num_rows = slots,
+                                     .offsets = dev.offsets.as<int32_t>(),
+                                     .gate_up = f.expert_gate_up,
+                                     .down = f.expert_down,
+                                     .workspace = dev.ffn_workspace.data(),
+                                     .workspace_bytes = dev.ffn_workspace.bytes(),
+                                     .y = dev.expert_out.as<float>()}));
     CMOE_RETURN_IF_ERROR(b.CombineExperts({.expert_out = dev.expert_out.as<float>(),
                                            .token_slot = dev.token_slot.as<int32_t>(),
                                            .weights = dev.route_weights.as<float>(),

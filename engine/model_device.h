@@ -24,8 +24,7 @@ struct Model::DeviceState {
   std::vector<Run> runs;  // this step's runs (the same for every layer)
 
   // Device workspace, grown to the largest step (P = rows * k slots of one run).
-  kernels::Buffer gate_up;        // (max(P, T), 2 * max width) f32
-  kernels::Buffer act;            // (max(P, T), max width) f32
+  kernels::Buffer ffn_workspace;  // GatedFfnWorkspaceBytes(max(P, T), max width)
   kernels::Buffer router_logits;  // (T, 2E) f32
   kernels::Buffer selected;       // (T, k) int32
   kernels::Buffer route_weights;  // (T, k) f32

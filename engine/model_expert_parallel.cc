@@ -6,8 +6,8 @@
 //      (AllToAllCounts) and where they land (ExpertRecvPlan);
 //   3. the rows go out in dispatch order, which is already destination-rank order
 //      (Embedding over the FFN input gathers them), and arrive grouped by source rank;
-//   4. the local experts run as the single-rank path does (GroupedMatMul reading the received
-//      rows through the expert-grouped permutation, SiluMulPacked, GroupedMatMul);
+//   4. the local experts run as the single-rank path does (one grouped GatedFfn reading the
+//      received rows through the expert-grouped permutation);
 //   5. the outputs go back to receive order and to their source ranks (the same counts,
 //      swapped), where CombineExperts adds them, weighted, into the residual stream in the plan's
 //      order, as the single-rank path does.
@@ -120,24 +120,17 @@ absl::Status Model::ExpertParallelRun(int64_t layer, int64_t first_row, int64_t 
     const auto index_bytes = static_cast<int64_t>(ep.group_index.size() * sizeof(int32_t));
     CMOE_RETURN_IF_ERROR(b.Reserve(ep.index, index_bytes));
     CMOE_RETURN_IF_ERROR(b.CopyToBackend(ep.index.data(), ep.group_index.data(), index_bytes));
-    const auto f32 = static_cast<int64_t>(sizeof(float));
-    CMOE_RETURN_IF_ERROR(b.Reserve(dev.gate_up, received * 2 * width * f32));
-    CMOE_RETURN_IF_ERROR(b.Reserve(dev.act, received * width * f32));
-    float* gate_up = dev.gate_up.as<float>();
-    float* act = dev.act.as<float>();
-    const int32_t* offsets = ep.index.as<int32_t>() + received;
-    CMOE_RETURN_IF_ERROR(b.GroupedMatMul({.x = ep.recv.as<float>(),
-                                          .row_index = ep.index.as<int32_t>(),
-                                          .num_rows = received,
-                                          .offsets = offsets,
-                                          .w = f.expert_gate_up,
-                                          .y = gate_up}));
-    CMOE_RETURN_IF_ERROR(b.SiluMulPacked(gate_up, received, width, act));
-    CMOE_RETURN_IF_ERROR(b.GroupedMatMul({.x = act,
-                                          .num_rows = received,
-                                          .offsets = offsets,
-                                          .w = f.expert_down,
-                                          .y = ep.out.as<float>()}));
+    CMOE_RETURN_IF_ERROR(
+        b.Reserve(dev.ffn_workspace, kernels::GatedFfnWorkspaceBytes(received, width)));
+    CMOE_RETURN_IF_ERROR(b.GatedFfn({.x = ep.recv.as<float>(),
+                                     .row_index = ep.index.as<int32_t>(),
+                                     .num_rows = received,
+                                     .offsets = ep.index.as<int32_t>() + received,
+                                     .gate_up = f.expert_gate_up,
+                                     .down = f.expert_down,
+                                     .workspace = dev.ffn_workspace.data(),
+                                     .workspace_bytes = dev.ffn_workspace.bytes(),
+                                     .y = ep.out.as<float>()}));
     // Back to receive order: receive row i holds grouped row inverse[i].
     CMOE_RETURN_IF_ERROR(b.Embedding(
         {.data = ep.out.as<float>(), .dtype = kernels::DType::kF32, .rows = received, .cols = d},

@@ -10,6 +10,7 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 #include "kernels/sample_row.h"
 
 namespace cmoe::kernels {
@@ -128,6 +129,75 @@ absl::Status ValidateGroupedMatMul(const GroupedMatMulParams& p) {
   if (p.x == nullptr) return NullOperand(kOp, "x");
   if (p.y == nullptr) return NullOperand(kOp, "y");
   return absl::OkStatus();
+}
+
+absl::Status ValidateGatedFfn(const GatedFfnParams& p) {
+  constexpr const char* kOp = "GatedFfn";
+  const GroupedWeightView& gu = p.gate_up;
+  const GroupedWeightView& dn = p.down;
+  if (gu.groups < 1 || dn.groups != gu.groups || dn.cols < 1 || dn.rows < 1 ||
+      gu.rows != 2 * dn.cols || gu.cols != dn.rows || gu.dtype != dn.dtype ||
+      !IsFloatDType(gu.dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": gate_up (", gu.groups, ", ", gu.rows, ", ", gu.cols, ") ",
+                     std::string(DTypeName(gu.dtype)), " and down (", dn.groups, ", ", dn.rows,
+                     ", ", dn.cols, ") ", std::string(DTypeName(dn.dtype)),
+                     " are not (E, 2m, d) and (E, d, m) float weights of one dtype"));
+  }
+  if (gu.data == nullptr) return NullOperand(kOp, "gate_up weights");
+  if (dn.data == nullptr) return NullOperand(kOp, "down weights");
+  if (p.num_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": num_rows ", p.num_rows, " < 0"));
+  }
+  if (p.offsets == nullptr && gu.groups != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": ", gu.groups, " groups need offsets"));
+  }
+  if (p.offsets == nullptr && p.row_index != nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": a row_index needs offsets"));
+  }
+  if (p.offsets != nullptr && p.accumulate) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": accumulate is for one group without offsets"));
+  }
+  if (p.num_rows == 0) return absl::OkStatus();
+  if (p.x == nullptr) return NullOperand(kOp, "x");
+  if (p.y == nullptr) return NullOperand(kOp, "y");
+  if (p.workspace == nullptr) return NullOperand(kOp, "workspace");
+  const int64_t m = dn.cols;
+  if (p.num_rows > std::numeric_limits<int64_t>::max() / 12 / m ||
+      p.workspace_bytes < GatedFfnWorkspaceBytes(p.num_rows, m)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kOp, ": workspace of ", p.workspace_bytes, " bytes; ", p.num_rows, " rows of width ", m,
+        " need GatedFfnWorkspaceBytes = ", p.num_rows, " x 12 x ", m));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GatedFfnByOps(Backend& b, const GatedFfnParams& p) {
+  CMOE_RETURN_IF_ERROR(ValidateGatedFfn(p));
+  if (p.num_rows == 0) return absl::OkStatus();
+  const int64_t m = p.down.cols;
+  float* gate_up = static_cast<float*>(p.workspace);
+  float* act = gate_up + p.num_rows * 2 * m;
+  if (p.offsets == nullptr) {
+    CMOE_RETURN_IF_ERROR(b.MatMul(p.x, p.num_rows, p.gate_up.Group(0), gate_up, Accumulate::kNo));
+    CMOE_RETURN_IF_ERROR(b.SiluMulPacked(gate_up, p.num_rows, m, act));
+    return b.MatMul(act, p.num_rows, p.down.Group(0), p.y,
+                    p.accumulate ? Accumulate::kYes : Accumulate::kNo);
+  }
+  CMOE_RETURN_IF_ERROR(b.GroupedMatMul({.x = p.x,
+                                        .row_index = p.row_index,
+                                        .num_rows = p.num_rows,
+                                        .offsets = p.offsets,
+                                        .w = p.gate_up,
+                                        .y = gate_up}));
+  CMOE_RETURN_IF_ERROR(b.SiluMulPacked(gate_up, p.num_rows, m, act));
+  return b.GroupedMatMul(
+      {.x = act, .num_rows = p.num_rows, .offsets = p.offsets, .w = p.down, .y = p.y});
+}
+
+absl::Status Backend::GatedFfn(const GatedFfnParams& params) {
+  return GatedFfnByOps(*this, params);
 }
 
 absl::Status ValidateCombine(const CombineParams& p) {

@@ -30,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/attention_types.h"
 #include "kernels/buffer.h"
+#include "kernels/ffn_ops.h"
 #include "kernels/moe_ops.h"
 #include "kernels/sampling.h"
 #include "kernels/weight_view.h"
@@ -155,6 +156,11 @@ class Backend {
   // x[t] += sum_j weights[t, j] * expert_out[token_slot[t * k + j]], summed in j order.
   virtual absl::Status CombineExperts(const CombineParams& params) = 0;
 
+  // One SwiGLU FFN block, dense or over expert groups (kernels/ffn_ops.h). The default runs
+  // GatedFfnByOps: MatMul or GroupedMatMul, SiluMulPacked, MatMul or GroupedMatMul, in f32; a
+  // backend may override it to keep the intermediates in another precision.
+  virtual absl::Status GatedFfn(const GatedFfnParams& params);
+
   // --- Sampling (kernels/sampling.h). ---
 
   // The next token of each row of logits, where the logits are: only the ids need to reach the
@@ -174,6 +180,14 @@ absl::Status ValidateRouteTopK(const RouteTopKParams& params);
 absl::Status ValidateDispatch(const DispatchParams& params);
 absl::Status ValidateGroupedMatMul(const GroupedMatMulParams& params);
 absl::Status ValidateCombine(const CombineParams& params);
+// GatedFfn: gate_up (E, 2m, d) and down (E, d, m) float weights of one dtype, m >= 1; offsets
+// null needs E == 1 and no row_index, accumulate needs offsets null; a workspace of
+// GatedFfnWorkspaceBytes; non-null x and y where P > 0.
+absl::Status ValidateGatedFfn(const GatedFfnParams& params);
+
+// GatedFfn as the chain of single ops on `backend` with f32 intermediates in params.workspace
+// (validated first): what Backend::GatedFfn does unless a backend overrides it.
+absl::Status GatedFfnByOps(Backend& backend, const GatedFfnParams& params);
 
 // Validation shared by every backend's SampleTokens: rows >= 0, vocab in [1, 2^23], non-null
 // operands where rows > 0, and every row's parameters in range (naming the row and the field).

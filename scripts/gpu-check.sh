@@ -32,7 +32,7 @@
 # read, marked as not a measurement), and reports "no GPU"; it exits 0 unless something failed.
 # Exit status: 0 when every test passed and no sanitizer error or crash was seen, 1 otherwise.
 #
-# End to end (--e2e), within ~9 minutes (cumulative deadlines E2E_CAP_*, below: 530 s of steps,
+# End to end (--e2e), within ~10 minutes (cumulative deadlines E2E_CAP_*, below: 580 s of steps,
 # then the cleanup and the summary), every step under its own timeout:
 #   env        as above, plus df, free memory and the folder chosen for the checkpoints
 #   tests      bin/cuda_model_test (gtest JSON): the shared models (gpu-bundle/shared, through
@@ -53,6 +53,8 @@
 #   prefill    cmoe-bench prefill --device cuda:0 --tokens 2048, dense --compare S2A2E16,S3A3E8,
 #              then dense alone with CMOE_CUDA_PREFILL_ATTENTION=cuda-core (attention on the f32
 #              kernel instead of the tensor-core tiles), for the tiles' speed-up
+#              and dense with CMOE_CUDA_FFN_ACTIVATIONS=f32 (the FFN's gate/up and activations in
+#              f32 instead of BF16), for what the BF16 intermediates give
 #   expert-parallel  cmoe-bench decode of S2A2E16 alone and over --expert-parallel groups: a
 #              world of one on cuda:0 (NCCL to itself: what the exchanges and their host round
 #              trips cost per carved layer), and 2 ranks on cuda:0-1 where there are two GPUs;
@@ -85,7 +87,7 @@ set -uo pipefail
 
 # Cumulative phase deadlines (seconds from the start).
 readonly CAP_ENV=20 CAP_TESTS=75 CAP_MEMCHECK=120 CAP_RACECHECK=75 CAP_BENCH=170 CAP_REFERENCE=90
-readonly E2E_CAP_ENV=15 E2E_CAP_PREPARE=95 E2E_CAP_CARVE=165 E2E_CAP_DECODE=160 E2E_CAP_PREFILL=95
+readonly E2E_CAP_ENV=15 E2E_CAP_PREPARE=95 E2E_CAP_CARVE=165 E2E_CAP_DECODE=160 E2E_CAP_PREFILL=105
 readonly E2E_CAP_EP=40
 
 MODE=kernels
@@ -520,9 +522,13 @@ run_e2e() {
     json_step prefill cmoe-bench-prefill "$E2E_CAP_PREFILL" "$e/prefill.log" "$e/prefill.json" \
       "$BIN/cmoe-bench" prefill --device cuda:0 "${common[@]}" --tokens 2048 --repeats 5 --json
     # The dense prefill again with attention on the f32 kernel: what the tensor-core tiles give.
-    json_step prefill cmoe-bench-prefill-cuda-core-attention 40 "$e/prefill_cuda_core.log" \
+    json_step prefill cmoe-bench-prefill-cuda-core-attention 30 "$e/prefill_cuda_core.log" \
       "$e/prefill_cuda_core.json" env CMOE_CUDA_PREFILL_ATTENTION=cuda-core "$BIN/cmoe-bench" \
       prefill --device cuda:0 --model "$WORK/dense" --tokens 2048 --repeats 3 --json
+    # The dense prefill again with the FFN's intermediates in f32: what the BF16 ones give.
+    json_step prefill cmoe-bench-prefill-f32-ffn 30 "$e/prefill_f32_ffn.log" \
+      "$e/prefill_f32_ffn.json" env CMOE_CUDA_FFN_ACTIVATIONS=f32 "$BIN/cmoe-bench" prefill \
+      --device cuda:0 --model "$WORK/dense" --tokens 2048 --repeats 3 --json
   else
     json_step prefill cmoe-bench-prefill-cpu-smoke 60 "$e/prefill.log" "$e/prefill.json" \
       "$BIN/cmoe-bench" prefill --device cpu --threads 2 "${common[@]}" --tokens 256 \

@@ -401,6 +401,16 @@ def e2e_section(detail, steps, gpu_name, failures, notes, summary):
                          f"vs {cc * 1e3:.1f} ms on the f32 kernel (CMOE_CUDA_PREFILL_ATTENTION="
                          f"cuda-core, a second run): {cc / tc:.2f}x")
             summary["e2e"]["prefill_cuda_core_attention"] = f32
+        f32_ffn, _ = read_prefill(os.path.join(e, "prefill_f32_ffn.json"))
+        ffn_parts = []
+        for c, m in (f32_ffn or {}).items():
+            if c in prefill:
+                bf, f = prefill[c]["median_seconds"], m["median_seconds"]
+                ffn_parts.append(f"{c} {bf * 1e3:.1f} vs {f * 1e3:.1f} ms ({f / bf:.2f}x)")
+        if ffn_parts:
+            lines.append("Prefill FFN intermediates BF16 vs f32 (CMOE_CUDA_FFN_ACTIVATIONS=f32, a "
+                         "second run): " + "; ".join(ffn_parts))
+            summary["e2e"]["prefill_f32_ffn"] = f32_ffn
     lines += expert_parallel_lines(os.path.join(e, "expert_parallel.jsonl"), smoke, summary)
     if have_gpu:
         summary["targets"] = e2e_targets(runs, common, prefill, pj, gpu_name)

@@ -9,11 +9,11 @@
 // in rounds over the same fresh random input rows x (B, d) (the order rotates per round, so drift
 // on a shared machine hits every layer alike), with Synchronize() before and after each timed
 // region:
-//   dense:  MatMul gate (d_h, d), MatMul up (d_h, d), SiluMul, MatMul down (d, d_h) accumulated
-//   carved: MatMul router (2 N_r, d) -> RouteTopK -> BuildDispatch -> GroupedMatMul gate+up
-//           (N_r, 2 m, d) -> SiluMulPacked -> GroupedMatMul down (N_r, d, m) -> CombineExperts,
-//           and the shared expert MatMul (2 m_s, d) -> SiluMulPacked -> MatMul (d, m_s)
-//           accumulated
+//   dense:  GatedFfn over gate+up (2 d_h, d) and down (d, d_h), accumulated, as the model runs
+//           a dense layer on a device backend
+//   carved: MatMul router (2 N_r, d) -> RouteTopK -> BuildDispatch -> grouped GatedFfn (gate+up
+//           (N_r, 2 m, d), down (N_r, d, m)) -> CombineExperts, and the shared expert's GatedFfn
+//           (2 m_s, d), (d, m_s) accumulated
 // and reports per batch: the median time per layer, dense/carved, the weight bytes each read
 // (carved: router + shared + the padded routed experts the step touched, counted on the host from
 // `selected`, copied back after the timed region), the achieved GB/s, and the fraction of routed
@@ -372,7 +372,8 @@ Json Results(const Bench& b) {
 
 void PrintTable(const Json& j) {
   std::printf(
-      "%s: %s (--device %s), d %lld, d_h %lld, bf16 weights, f32 activations, routing %s,"
+      "%s: %s (--device %s), d %lld, d_h %lld, bf16 weights, f32 layer input and output, routing "
+      "%s,"
       " median of %d steps\n",
       kTool, j["backend"].get<std::string>().c_str(), j["device"].get<std::string>().c_str(),
       j["dim"].get<long long>(), j["ffn"].get<long long>(), j["routing"].get<std::string>().c_str(),

@@ -1,5 +1,6 @@
 #include "tools/moe_bench_layers.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -113,26 +114,25 @@ absl::StatusOr<std::unique_ptr<DenseFfn>> DenseFfn::Create(Backend& backend, int
                                                            int64_t ffn, int64_t max_rows,
                                                            Rng& rng) {
   auto layer = std::unique_ptr<DenseFfn>(new DenseFfn(backend));
-  CMOE_ASSIGN_OR_RETURN(layer->gate_, RandomWeight(backend, ffn, dim, rng));
-  CMOE_ASSIGN_OR_RETURN(layer->up_, RandomWeight(backend, ffn, dim, rng));
+  CMOE_ASSIGN_OR_RETURN(layer->gate_up_, RandomWeight(backend, 2 * ffn, dim, rng));
   CMOE_ASSIGN_OR_RETURN(layer->down_, RandomWeight(backend, dim, ffn, rng));
-  CMOE_ASSIGN_OR_RETURN(layer->g_, AllocateFloats(backend, max_rows * ffn));
-  CMOE_ASSIGN_OR_RETURN(layer->u_, AllocateFloats(backend, max_rows * ffn));
+  CMOE_ASSIGN_OR_RETURN(layer->workspace_,
+                        backend.Allocate(kernels::GatedFfnWorkspaceBytes(max_rows, ffn)));
   return layer;
 }
 
 absl::Status DenseFfn::Run(const float* x, int64_t rows, float* out) {
-  float* g = g_.as<float>();
-  float* u = u_.as<float>();
-  CMOE_RETURN_IF_ERROR(backend_.MatMul(x, rows, gate_.view, g, Accumulate::kNo));
-  CMOE_RETURN_IF_ERROR(backend_.MatMul(x, rows, up_.view, u, Accumulate::kNo));
-  CMOE_RETURN_IF_ERROR(backend_.SiluMul(g, u, rows * gate_.view.rows, g));
-  return backend_.MatMul(g, rows, down_.view, out, Accumulate::kYes);
+  return backend_.GatedFfn({.x = x,
+                            .num_rows = rows,
+                            .gate_up = kernels::AsOneGroup(gate_up_.view),
+                            .down = kernels::AsOneGroup(down_.view),
+                            .workspace = workspace_.data(),
+                            .workspace_bytes = workspace_.bytes(),
+                            .y = out,
+                            .accumulate = true});
 }
 
-int64_t DenseFfn::WeightBytes() const {
-  return gate_.view.bytes() + up_.view.bytes() + down_.view.bytes();
-}
+int64_t DenseFfn::WeightBytes() const { return gate_up_.view.bytes() + down_.view.bytes(); }
 
 absl::StatusOr<std::unique_ptr<CarvedFfn>> CarvedFfn::Create(Backend& backend, const CarvedShape& c,
                                                              int64_t dim, int64_t ffn,
@@ -161,12 +161,11 @@ absl::Status CarvedFfn::AllocateScratch(int64_t max_rows, const std::vector<floa
   CMOE_ASSIGN_OR_RETURN(slot_token_, AllocateInts(backend_, p));
   CMOE_ASSIGN_OR_RETURN(slot_source_, AllocateInts(backend_, p));
   CMOE_ASSIGN_OR_RETURN(token_slot_, AllocateInts(backend_, p));
-  CMOE_ASSIGN_OR_RETURN(gate_up_, AllocateFloats(backend_, p * 2 * m));
-  CMOE_ASSIGN_OR_RETURN(act_, AllocateFloats(backend_, p * m));
   CMOE_ASSIGN_OR_RETURN(expert_out_, AllocateFloats(backend_, p * dim_));
-  CMOE_ASSIGN_OR_RETURN(shared_gate_up_out_,
-                        AllocateFloats(backend_, max_rows * 2 * c_.shared_width));
-  CMOE_ASSIGN_OR_RETURN(shared_act_, AllocateFloats(backend_, max_rows * c_.shared_width));
+  CMOE_ASSIGN_OR_RETURN(
+      ffn_workspace_,
+      backend_.Allocate(std::max(kernels::GatedFfnWorkspaceBytes(p, m),
+                                 kernels::GatedFfnWorkspaceBytes(max_rows, c_.shared_width))));
   if (bias.empty()) return absl::OkStatus();
   CMOE_ASSIGN_OR_RETURN(bias_, AllocateFloats(backend_, n_r));
   return backend_.CopyToBackend(bias_.data(), bias.data(), bias_.bytes());
@@ -178,11 +177,14 @@ absl::Status CarvedFfn::Run(const float* x, int64_t rows, float* out) {
 }
 
 absl::Status CarvedFfn::RunShared(const float* x, int64_t rows, float* out) {
-  float* gu = shared_gate_up_out_.as<float>();  // (rows, 2 m_s): gate, then up
-  float* act = shared_act_.as<float>();         // (rows, m_s)
-  CMOE_RETURN_IF_ERROR(backend_.MatMul(x, rows, shared_gate_up_.view, gu, Accumulate::kNo));
-  CMOE_RETURN_IF_ERROR(backend_.SiluMulPacked(gu, rows, c_.shared_width, act));
-  return backend_.MatMul(act, rows, shared_down_.view, out, Accumulate::kYes);
+  return backend_.GatedFfn({.x = x,
+                            .num_rows = rows,
+                            .gate_up = kernels::AsOneGroup(shared_gate_up_.view),
+                            .down = kernels::AsOneGroup(shared_down_.view),
+                            .workspace = ffn_workspace_.data(),
+                            .workspace_bytes = ffn_workspace_.bytes(),
+                            .y = out,
+                            .accumulate = true});
 }
 
 absl::Status CarvedFfn::RunRouted(const float* x, int64_t rows, float* out) {
@@ -207,19 +209,15 @@ absl::Status CarvedFfn::RunRouted(const float* x, int64_t rows, float* out) {
                                                .slot_token = slot_token_.as<int32_t>(),
                                                .slot_source = slot_source_.as<int32_t>(),
                                                .token_slot = token_slot_.as<int32_t>()}));
-  CMOE_RETURN_IF_ERROR(backend_.GroupedMatMul({.x = x,
-                                               .row_index = slot_token_.as<int32_t>(),
-                                               .num_rows = p,
-                                               .offsets = offsets_.as<int32_t>(),
-                                               .w = routed_.gate_up_grouped,
-                                               .y = gate_up_.as<float>()}));
-  CMOE_RETURN_IF_ERROR(
-      backend_.SiluMulPacked(gate_up_.as<float>(), p, c_.expert_width, act_.as<float>()));
-  CMOE_RETURN_IF_ERROR(backend_.GroupedMatMul({.x = act_.as<float>(),
-                                               .num_rows = p,
-                                               .offsets = offsets_.as<int32_t>(),
-                                               .w = routed_.down_grouped,
-                                               .y = expert_out_.as<float>()}));
+  CMOE_RETURN_IF_ERROR(backend_.GatedFfn({.x = x,
+                                          .row_index = slot_token_.as<int32_t>(),
+                                          .num_rows = p,
+                                          .offsets = offsets_.as<int32_t>(),
+                                          .gate_up = routed_.gate_up_grouped,
+                                          .down = routed_.down_grouped,
+                                          .workspace = ffn_workspace_.data(),
+                                          .workspace_bytes = ffn_workspace_.bytes(),
+                                          .y = expert_out_.as<float>()}));
   return backend_.CombineExperts({.expert_out = expert_out_.as<float>(),
                                   .token_slot = token_slot_.as<int32_t>(),
                                   .weights = weights_.as<float>(),

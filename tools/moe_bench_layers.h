@@ -88,8 +88,8 @@ class DenseFfn final : public FfnLayer {
   explicit DenseFfn(kernels::Backend& backend) : backend_(backend) {}
 
   kernels::Backend& backend_;
-  Weight gate_, up_, down_;  // (d_h, d), (d_h, d), (d, d_h)
-  kernels::Buffer g_, u_;    // (max_rows, d_h) f32 each
+  Weight gate_up_, down_;      // (2 d_h, d): gate rows, then up rows; (d, d_h)
+  kernels::Buffer workspace_;  // GatedFfnWorkspaceBytes(max_rows, d_h)
 };
 
 // The routed experts' weights in the grouped layout of kernels/moe_ops.h: gate_up (N_r, 2m, d)
@@ -134,7 +134,8 @@ class CarvedFfn final : public FfnLayer {
   // Scratch for max_rows tokens, P = max_rows * k slots (kernels/moe_ops.h names them).
   kernels::Buffer logits_, selected_, weights_, counts_, offsets_;
   kernels::Buffer slot_token_, slot_source_, token_slot_;
-  kernels::Buffer gate_up_, act_, expert_out_, shared_gate_up_out_, shared_act_, bias_;
+  kernels::Buffer ffn_workspace_;  // GatedFfn's, for the shared or the routed experts
+  kernels::Buffer expert_out_, bias_;
 };
 
 }  // namespace cmoe::tools

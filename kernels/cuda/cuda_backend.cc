@@ -70,6 +70,10 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOption
                         FromEnvironment(options.prefill_attention, "CMOE_CUDA_PREFILL_ATTENTION",
                                         {{"tensor-core", PrefillAttention::kTensorCores},
                                          {"cuda-core", PrefillAttention::kCudaCores}}));
+  CMOE_ASSIGN_OR_RETURN(
+      const FfnActivations ffn_activations,
+      FromEnvironment(options.ffn_activations, "CMOE_CUDA_FFN_ACTIVATIONS",
+                      {{"bf16", FfnActivations::kBf16}, {"f32", FfnActivations::kF32}}));
   CMOE_ASSIGN_OR_RETURN(const int count, CudaDeviceCount());
   if (count == 0) return absl::UnavailableError("no CUDA device on this machine");
   if (options.device < 0 || options.device >= count) {
@@ -117,6 +121,7 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOption
           .sm_count = std::max(sm_count, 1),
           .graphs = graphs == GraphMode::kOn,
           .prefill_attention = prefill_attention,
+          .ffn_activations = ffn_activations,
       });
 }
 
@@ -130,7 +135,8 @@ CudaBackend::CudaBackend(int device, std::string name, const Handles& handles, c
       attention_split_keys_(tuning.attention_split_keys),
       sm_count_(tuning.sm_count),
       graphs_(tuning.graphs),
-      prefill_attention_(tuning.prefill_attention) {}
+      prefill_attention_(tuning.prefill_attention),
+      ffn_activations_(tuning.ffn_activations) {}
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);

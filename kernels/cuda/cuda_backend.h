@@ -1,11 +1,12 @@
-// The CUDA backend: every op of kernels/backend.h on one NVIDIA GPU. Activations stay f32 in
-// device memory; weights are uploaded once (UploadWeight) in their checkpoint dtype (BF16/F16/
-// F32) and read in it with f32 accumulation. Skinny matmuls (decode) run our own GEMV kernels
-// that read each weight once; larger ones cuBLAS (cublasGemmEx) with the activations rounded to
-// the weight dtype. The MoE primitives run on the device without host round trips in decode.
-// Ops are queued on the backend's stream in call order; CopyToHost and Synchronize wait. What the
-// engine calls between BeginGraph and EndGraph (its decode steps) is recorded into a CUDA graph
-// and launched once (cuda_backend_graph.cc).
+// The CUDA backend: every op of kernels/backend.h on one NVIDIA GPU. Activations between ops are
+// f32 in device memory (inside GatedFfn's GEMM paths BF16, FfnActivations); weights are uploaded
+// once (UploadWeight) in their checkpoint dtype (BF16/F16/ F32) and read in it with f32
+// accumulation. Skinny matmuls (decode) run our own GEMV kernels that read each weight once; larger
+// ones cuBLAS (cublasGemmEx) with the activations rounded to the weight dtype. The MoE primitives
+// run on the device without host round trips in decode. Ops are queued on the backend's stream in
+// call order; CopyToHost and Synchronize wait. What the engine calls between BeginGraph and
+// EndGraph (its decode steps) is recorded into a CUDA graph and launched once
+// (cuda_backend_graph.cc).
 //
 //   CMOE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> gpu, MakeCudaBackend({.device = 0}));
 //
@@ -46,11 +47,22 @@ enum class PrefillAttention {
   kCudaCores,        // attention.cu: f32 throughout
 };
 
+// The precision of GatedFfn's intermediates (the gate/up output and the activations) on its GEMM
+// paths (more rows than the GEMVs take) with BF16 weights; the GEMV paths (decode) and F16 / F32
+// weights always keep them f32, as the chain of single ops does.
+enum class FfnActivations {
+  kFromEnvironment,  // CMOE_CUDA_FFN_ACTIVATIONS: "bf16" (also when unset) or "f32"
+  kBf16,             // cuBLAS / the tensor-core kernel write BF16, SiLU reads and writes BF16,
+                     // the down projection reads it as it is: a third of the bytes of f32
+  kF32,              // GatedFfnByOps: f32 gate/up and activations, rounded before the down GEMM
+};
+
 struct CudaBackendOptions {
   int device = 0;  // CUDA device ordinal
   GroupedGemmPath grouped_gemm = GroupedGemmPath::kFromEnvironment;
   GraphMode graphs = GraphMode::kFromEnvironment;
   PrefillAttention prefill_attention = PrefillAttention::kFromEnvironment;
+  FfnActivations ffn_activations = FfnActivations::kFromEnvironment;
   // Split-K decode attention (attention.cuh PlanAttentionSplit): 0 decides per step, > 0 splits
   // every context into chunks of this many keys (tests), < 0 never splits.
   int32_t attention_split_keys = 0;
@@ -64,8 +76,8 @@ absl::StatusOr<int> CudaDeviceCount();
 absl::StatusOr<std::string> CudaDeviceDescription(int device);
 
 // Unavailable without a usable device; InvalidArgument for an ordinal outside [0, count) or an
-// environment setting (CMOE_CUDA_GROUPED_GEMM, CMOE_CUDA_GRAPHS, CMOE_CUDA_PREFILL_ATTENTION)
-// other than those listed above.
+// environment setting (CMOE_CUDA_GROUPED_GEMM, CMOE_CUDA_GRAPHS, CMOE_CUDA_PREFILL_ATTENTION,
+// CMOE_CUDA_FFN_ACTIVATIONS) other than those listed above.
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOptions& options);
 
 }  // namespace cmoe::kernels::cuda

@@ -1,6 +1,7 @@
 // The CudaBackend class, shared by the files that define its ops (cuda_backend.cc: creation,
 // memory, errors; cuda_backend_ops.cc: elementwise ops; cuda_backend_attention.cc;
-// cuda_backend_matmul.cc; cuda_backend_moe.cc; cuda_backend_sampling.cc). Internal to kernels/cuda.
+// cuda_backend_matmul.cc; cuda_backend_moe.cc; cuda_backend_ffn.cc; cuda_backend_sampling.cc).
+// Internal to kernels/cuda.
 #ifndef CMOE_KERNELS_CUDA_CUDA_BACKEND_IMPL_H_
 #define CMOE_KERNELS_CUDA_CUDA_BACKEND_IMPL_H_
 
@@ -47,6 +48,7 @@ class CudaBackend final : public Backend {
     int sm_count = 1;                  // the device's multiprocessors
     bool graphs = true;                // record BeginGraph..EndGraph into CUDA graphs
     PrefillAttention prefill_attention = PrefillAttention::kTensorCores;
+    FfnActivations ffn_activations = FfnActivations::kBf16;
   };
   // The CUDA objects the backend owns from construction on.
   struct Handles {
@@ -93,6 +95,8 @@ class CudaBackend final : public Backend {
   absl::Status BuildDispatch(const DispatchParams& params) override;
   absl::Status GroupedMatMul(const GroupedMatMulParams& params) override;
   absl::Status CombineExperts(const CombineParams& params) override;
+  // cuda_backend_ffn.cc
+  absl::Status GatedFfn(const GatedFfnParams& params) override;
   // cuda_backend_sampling.cc
   absl::Status SampleTokens(const SampleTokensParams& params) override;
 
@@ -148,6 +152,7 @@ class CudaBackend final : public Backend {
   int sm_count_;
   bool graphs_;
   PrefillAttention prefill_attention_;
+  FfnActivations ffn_activations_;
   absl::Status sticky_;
   std::array<Area, static_cast<int>(Scratch::kCount)> scratch_{};
   // Areas ScratchSpace outgrew: recorded or queued work may still read them; freed by

@@ -39,35 +39,6 @@ absl::Status ValidateCudaMatMul(const float* x, int64_t num_rows, const WeightVi
   return absl::OkStatus();
 }
 
-// The cuBLAS path. Token rows go in chunks with chunk * max(in, out) < 2^31 and output rows in
-// chunks with chunk * in < 2^31, so that no extent cuBLAS computes in int overflows (one piece
-// for every realistic shape).
-absl::Status CublasMatMul(CudaBackend& backend, const float* x, int64_t num_rows,
-                          const WeightView& w, float* y, bool accumulate) {
-  const int64_t in = w.cols;
-  const int64_t out = w.rows;
-  const int64_t token_chunk = std::min(num_rows, std::max<int64_t>(1, kMaxDim / std::max(in, out)));
-  const int64_t out_chunk = std::min(out, std::max<int64_t>(1, kMaxDim / in));
-  const int64_t element = static_cast<int64_t>(DTypeSize(w.dtype));
-  for (int64_t t0 = 0; t0 < num_rows; t0 += token_chunk) {
-    const int64_t n = std::min(token_chunk, num_rows - t0);
-    CMOE_ASSIGN_OR_RETURN(const void* b, CublasInput(backend, x + t0 * in, n * in, w.dtype));
-    for (int64_t o0 = 0; o0 < out; o0 += out_chunk) {
-      CMOE_RETURN_IF_ERROR(
-          CublasWeightGemm(backend, {.w = static_cast<const char*>(w.data) + o0 * in * element,
-                                     .x = b,
-                                     .y = y + t0 * out + o0,
-                                     .dtype = w.dtype,
-                                     .m = std::min(out_chunk, out - o0),
-                                     .n = n,
-                                     .k = in,
-                                     .ldy = out,
-                                     .accumulate = accumulate}));
-    }
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status CudaBackend::MatMul(const float* x, int64_t num_rows, const WeightView& w, float* y,
@@ -86,7 +57,7 @@ absl::Status CudaBackend::MatMul(const float* x, int64_t num_rows, const WeightV
   if (num_rows <= kGemvMaxRows) {
     return Check(CMOE_CUDA_STATUS(LaunchGemv(x, num_rows, w, y, add, stream_)));
   }
-  return CublasMatMul(*this, x, num_rows, w, y, add);
+  return CublasRowsGemm(*this, {.x_f32 = x, .rows = num_rows, .w = w, .y = y, .accumulate = add});
 }
 
 }  // namespace cmoe::kernels::cuda

@@ -8,14 +8,16 @@
 // the x rows (gathered through row_index, rounded to the weight dtype) and the weight rows in
 // shared memory, zero-filled past the edges, and four warps (2 x 2, 32 x 32 each) run WMMA
 // 16x16x16 fragments on them; the f32 accumulators go through shared memory to the in-range
-// elements of y. Plain loads, no cp.async pipeline: a first version to measure against cuBLAS
-// (scripts/gpu-check.sh runs cmoe-moe-bench with both), not a tuned one.
+// elements of y. x and y are f32 or the weight dtype (GatedFfn's BF16 intermediates). Plain loads,
+// no cp.async pipeline: a first version to measure against cuBLAS (scripts/gpu-check.sh runs
+// cmoe-moe-bench with both), not a tuned one.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/grouped_gemm.cuh"
 
@@ -43,11 +45,12 @@ __device__ __forceinline__ __half FromFloat<__half>(float v) {
   return __float2half_rn(v);
 }
 
-template <class T>
+// T: the weight dtype; TX, TY: x's and y's element types, each f32 or T.
+template <class T, class TX, class TY>
 __global__ void __launch_bounds__(kThreads)
-    GroupedGemmKernel(const float* __restrict__ x, const int32_t* __restrict__ row_index,
+    GroupedGemmKernel(const TX* __restrict__ x, const int32_t* __restrict__ row_index,
                       const int32_t* __restrict__ offsets, int groups, int num_rows,
-                      const T* __restrict__ w, int n_out, int k_in, float* __restrict__ y) {
+                      const T* __restrict__ w, int n_out, int k_in, TY* __restrict__ y) {
   __shared__ __align__(128) T a_s[kBM * kLdAB];
   __shared__ __align__(128) T b_s[kBN * kLdAB];
   __shared__ __align__(128) float c_s[kBM * kLdC];
@@ -89,12 +92,16 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = static_cast<int>(threadIdx.x); i < kBM * kBK; i += kThreads) {
       const int r = i / kBK, c = i % kBK;
       const int row = row0 + r, col = k0 + c;
-      float v = 0.0f;
+      T v = FromFloat<T>(0.0f);
       if (row < row_end && col < k_in) {
         const int64_t src = row_index != nullptr ? row_index[row] : row;
-        v = x[src * k_in + col];
+        if constexpr (std::is_same_v<TX, float>) {
+          v = FromFloat<T>(x[src * k_in + col]);
+        } else {
+          v = x[src * k_in + col];
+        }
       }
-      a_s[r * kLdAB + c] = FromFloat<T>(v);
+      a_s[r * kLdAB + c] = v;
     }
     for (int i = static_cast<int>(threadIdx.x); i < kBN * kBK; i += kThreads) {
       const int r = i / kBK, c = i % kBK;
@@ -127,13 +134,42 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = static_cast<int>(threadIdx.x); i < kBM * kBN; i += kThreads) {
     const int r = i / kBN, c = i % kBN;
     const int row = row0 + r, n = n0 + c;
-    if (row < row_end && n < n_out) y[static_cast<int64_t>(row) * n_out + n] = c_s[r * kLdC + c];
+    if (row < row_end && n < n_out) {
+      if constexpr (std::is_same_v<TY, float>) {
+        y[static_cast<int64_t>(row) * n_out + n] = c_s[r * kLdC + c];
+      } else {
+        y[static_cast<int64_t>(row) * n_out + n] = FromFloat<T>(c_s[r * kLdC + c]);
+      }
+    }
   }
+}
+
+template <class T, class TX, class TY>
+void Launch(dim3 grid, const GroupedGemmOperands& p, cudaStream_t stream) {
+  GroupedGemmKernel<T, TX, TY><<<grid, kThreads, 0, stream>>>(
+      static_cast<const TX*>(p.x), p.row_index, p.offsets, p.w.groups, static_cast<int>(p.num_rows),
+      static_cast<const T*>(p.w.data), static_cast<int>(p.w.rows), static_cast<int>(p.w.cols),
+      static_cast<TY*>(p.y));
+}
+
+// The kernel for weights of type T, x and y each f32 or T.
+template <class T>
+cudaError_t LaunchFor(dim3 grid, const GroupedGemmOperands& p, cudaStream_t stream) {
+  const bool x_f32 = p.x_dtype == DType::kF32;
+  const bool y_f32 = p.y_dtype == DType::kF32;
+  if ((!x_f32 && p.x_dtype != p.w.dtype) || (!y_f32 && p.y_dtype != p.w.dtype)) {
+    return cudaErrorInvalidValue;
+  }
+  if (x_f32 && y_f32) Launch<T, float, float>(grid, p, stream);
+  if (x_f32 && !y_f32) Launch<T, float, T>(grid, p, stream);
+  if (!x_f32 && y_f32) Launch<T, T, float>(grid, p, stream);
+  if (!x_f32 && !y_f32) Launch<T, T, T>(grid, p, stream);
+  return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t LaunchGroupedGemm(const GroupedMatMulParams& p, cudaStream_t stream) {
+cudaError_t LaunchGroupedGemm(const GroupedGemmOperands& p, cudaStream_t stream) {
   constexpr int64_t kIntMax = 0x7fffffff;
   if (p.num_rows < 1 || p.w.groups < 1 || p.w.rows < 1 || p.w.cols < 1 ||
       p.num_rows + p.w.groups > kIntMax || p.w.rows > kIntMax || p.w.cols > kIntMax) {
@@ -143,24 +179,24 @@ cudaError_t LaunchGroupedGemm(const GroupedMatMulParams& p, cudaStream_t stream)
   const int64_t col_tiles = (p.w.rows + kBN - 1) / kBN;
   if (col_tiles > 65535 || p.w.rows > kMaxGroupedGemmOutputs) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
-  const auto rows = static_cast<int>(p.num_rows);
-  const auto n_out = static_cast<int>(p.w.rows);
-  const auto k_in = static_cast<int>(p.w.cols);
   switch (p.w.dtype) {
     case DType::kBF16:
-      GroupedGemmKernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
-          p.x, p.row_index, p.offsets, p.w.groups, rows,
-          static_cast<const __nv_bfloat16*>(p.w.data), n_out, k_in, p.y);
-      break;
+      return LaunchFor<__nv_bfloat16>(grid, p, stream);
     case DType::kF16:
-      GroupedGemmKernel<__half>
-          <<<grid, kThreads, 0, stream>>>(p.x, p.row_index, p.offsets, p.w.groups, rows,
-                                          static_cast<const __half*>(p.w.data), n_out, k_in, p.y);
-      break;
+      return LaunchFor<__half>(grid, p, stream);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
+}
+
+cudaError_t LaunchGroupedGemm(const GroupedMatMulParams& p, cudaStream_t stream) {
+  return LaunchGroupedGemm(GroupedGemmOperands{.x = p.x,
+                                               .row_index = p.row_index,
+                                               .num_rows = p.num_rows,
+                                               .offsets = p.offsets,
+                                               .w = p.w,
+                                               .y = p.y},
+                           stream);
 }
 
 }  // namespace cmoe::kernels::cuda

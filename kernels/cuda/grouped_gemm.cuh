@@ -19,6 +19,20 @@ inline constexpr int64_t kMaxGroupedGemmOutputs = int64_t{65535} * 64;
 
 cudaError_t LaunchGroupedGemm(const GroupedMatMulParams& params, cudaStream_t stream);
 
+// The operands of LaunchGroupedGemm with x and y each f32 or the weight dtype (any other pairing
+// is cudaErrorInvalidValue): x (rows of x, w.cols) and y (num_rows, w.rows).
+struct GroupedGemmOperands {
+  const void* x = nullptr;
+  DType x_dtype = DType::kF32;
+  const int32_t* row_index = nullptr;
+  int64_t num_rows = 0;
+  const int32_t* offsets = nullptr;
+  GroupedWeightView w;
+  void* y = nullptr;
+  DType y_dtype = DType::kF32;
+};
+cudaError_t LaunchGroupedGemm(const GroupedGemmOperands& operands, cudaStream_t stream);
+
 }  // namespace cmoe::kernels::cuda
 
 #endif  // CMOE_KERNELS_CUDA_GROUPED_GEMM_CUH_

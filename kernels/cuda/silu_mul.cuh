@@ -19,6 +19,9 @@ cudaError_t LaunchSiluMul(const float* gate, const float* up, int64_t count, flo
 // width), f32 device, not overlapping.
 cudaError_t LaunchSiluMulPacked(const float* gate_up, int64_t rows, int64_t width, float* out,
                                 cudaStream_t stream);
+// As LaunchSiluMulPacked with gate_up and out BF16 (f32 arithmetic, outputs rounded to nearest).
+cudaError_t LaunchSiluMulPackedBf16(const void* gate_up, int64_t rows, int64_t width, void* out,
+                                    cudaStream_t stream);
 
 }  // namespace cmoe::kernels::cuda
 

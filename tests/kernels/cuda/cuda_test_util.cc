@@ -97,4 +97,33 @@ void ExpectClose(std::span<const float> got, std::span<const float> want, const 
   EXPECT_LE(nmse, tol.max_nmse) << what << ": normalised MSE";
 }
 
+GroupedWeights::GroupedWeights(Backend& gpu, DType dtype, int32_t groups, int64_t rows,
+                               int64_t cols, std::mt19937& rng, int64_t offset)
+    : dtype_(dtype), groups_(groups), rows_(rows), cols_(cols), offset_(offset) {
+  const float bound = 1.0f / std::sqrt(static_cast<float>(cols));
+  f32_ = RandomFloats(groups * rows * cols, rng, -bound, bound);
+  if (dtype == DType::kF32) {
+    std::vector<float> padded(offset, 0.0f);
+    padded.insert(padded.end(), f32_.begin(), f32_.end());
+    device_f32_ = std::make_unique<GuardedDeviceArray<float>>(gpu, padded);
+    return;
+  }
+  bits_.resize(f32_.size());
+  for (size_t i = 0; i < f32_.size(); ++i) {
+    bits_[i] = HalfBits(dtype, f32_[i]);
+  }
+  std::vector<uint16_t> padded(offset, 0);
+  padded.insert(padded.end(), bits_.begin(), bits_.end());
+  device_bits_ = std::make_unique<GuardedDeviceArray<uint16_t>>(gpu, padded);
+}
+
+std::vector<float> GroupedWeights::Values() const {
+  if (dtype_ == DType::kF32) return f32_;
+  std::vector<float> v(bits_.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    v[i] = dtype_ == DType::kBF16 ? Bf16ToFloat(bits_[i]) : F16ToFloat(bits_[i]);
+  }
+  return v;
+}
+
 }  // namespace cmoe::kernels::cuda::testing

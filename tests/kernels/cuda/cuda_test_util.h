@@ -170,6 +170,40 @@ struct Weights {
 void MakeWeights(Backend& gpu, DType dtype, int64_t rows, int64_t cols, int64_t offset,
                  std::mt19937& rng, Weights* w);
 
+// Grouped weights (groups, rows, cols) of one dtype: host values, and the same bytes on the device
+// `offset` elements past a 16-byte boundary (offset 1 sends the GEMV down its scalar path).
+class GroupedWeights {
+ public:
+  GroupedWeights(Backend& gpu, DType dtype, int32_t groups, int64_t rows, int64_t cols,
+                 std::mt19937& rng, int64_t offset = 0);
+
+  // The weights as the kernels read them (rounded to the dtype), (groups, rows, cols).
+  std::vector<float> Values() const;
+
+  GroupedWeightView Host() const {
+    return View(dtype_ == DType::kF32 ? static_cast<const void*>(f32_.data()) : bits_.data());
+  }
+  GroupedWeightView Device() const {
+    return View(dtype_ == DType::kF32 ? static_cast<const void*>(device_f32_->data() + offset_)
+                                      : device_bits_->data() + offset_);
+  }
+
+ private:
+  GroupedWeightView View(const void* data) const {
+    return {.data = data, .dtype = dtype_, .groups = groups_, .rows = rows_, .cols = cols_};
+  }
+
+  DType dtype_;
+  int32_t groups_;
+  int64_t rows_;
+  int64_t cols_;
+  int64_t offset_;
+  std::vector<float> f32_;
+  std::vector<uint16_t> bits_;
+  std::unique_ptr<GuardedDeviceArray<float>> device_f32_;
+  std::unique_ptr<GuardedDeviceArray<uint16_t>> device_bits_;
+};
+
 struct Tolerance {
   double max_nmse;  // sum((got - want)^2) / sum(want^2)
   double atol;      // per element: |got - want| <= atol + rtol * |want|

@@ -492,54 +492,6 @@ TEST(CudaBuildDispatch, TooManyExpertsIsInvalidArgument) {
 
 // -------------------------------------------------------------------------------- GroupedMatMul
 
-// Grouped weights (groups, rows, cols) of one dtype: host values, and the same bytes on the device
-// `offset` elements past a 16-byte boundary (offset 1 sends the GEMV down its scalar path).
-class GroupedWeights {
- public:
-  GroupedWeights(Backend& gpu, DType dtype, int32_t groups, int64_t rows, int64_t cols,
-                 std::mt19937& rng, int64_t offset = 0)
-      : dtype_(dtype), groups_(groups), rows_(rows), cols_(cols), offset_(offset) {
-    const float bound = 1.0f / std::sqrt(static_cast<float>(cols));
-    f32_ = RandomFloats(groups * rows * cols, rng, -bound, bound);
-    if (dtype == DType::kF32) {
-      std::vector<float> padded(offset, 0.0f);
-      padded.insert(padded.end(), f32_.begin(), f32_.end());
-      device_f32_ = std::make_unique<GuardedDeviceArray<float>>(gpu, padded);
-      return;
-    }
-    bits_.resize(f32_.size());
-    for (size_t i = 0; i < f32_.size(); ++i) {
-      bits_[i] = HalfBits(dtype, f32_[i]);
-    }
-    std::vector<uint16_t> padded(offset, 0);
-    padded.insert(padded.end(), bits_.begin(), bits_.end());
-    device_bits_ = std::make_unique<GuardedDeviceArray<uint16_t>>(gpu, padded);
-  }
-
-  GroupedWeightView Host() const {
-    return View(dtype_ == DType::kF32 ? static_cast<const void*>(f32_.data()) : bits_.data());
-  }
-  GroupedWeightView Device() const {
-    return View(dtype_ == DType::kF32 ? static_cast<const void*>(device_f32_->data() + offset_)
-                                      : device_bits_->data() + offset_);
-  }
-
- private:
-  GroupedWeightView View(const void* data) const {
-    return {.data = data, .dtype = dtype_, .groups = groups_, .rows = rows_, .cols = cols_};
-  }
-
-  DType dtype_;
-  int32_t groups_;
-  int64_t rows_;
-  int64_t cols_;
-  int64_t offset_;
-  std::vector<float> f32_;
-  std::vector<uint16_t> bits_;
-  std::unique_ptr<GuardedDeviceArray<float>> device_f32_;
-  std::unique_ptr<GuardedDeviceArray<uint16_t>> device_bits_;
-};
-
 struct GroupedCase {
   int64_t out = 0;
   int64_t in = 0;
