@@ -11,6 +11,8 @@
 //   GroupedMatMul(act, W_down)            -> expert_out (P, d)
 //   CombineExperts(expert_out)            -> x[t] += sum_j weights[t, j] * expert_out[slot(t, j)]
 //
+// The engine runs the three FFN steps as one grouped Backend::GatedFfn (kernels/ffn_ops.h), which
+// lets a backend keep gate_up and act in another precision (BF16 on the CUDA GEMM paths).
 // with no host round trip: every array lives in the backend's memory and the shapes the host
 // passes (T, k, E, widths) are known before the step. The semantics are exactly those of the
 // engine's RouterScores / RouteTokens / BuildDispatchPlan (engine/moe_dispatch.h).
