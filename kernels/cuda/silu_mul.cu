@@ -54,28 +54,6 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = done + first; i < count; i += stride) out[i] = SiluMulOne(gate[i], up[i]);
 }
 
-template <bool kVec4>
-__global__ void __launch_bounds__(kThreads)
-    SiluMulPackedKernel(const float* __restrict__ gate_up, int64_t rows, int64_t width,
-                        float* __restrict__ out) {
-  const int64_t units = kVec4 ? width / 4 : width;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const float* gate = gate_up + r * 2 * width;
-    const float* up = gate + width;
-    float* o = out + r * width;
-    for (int64_t u = first; u < units; u += stride) {
-      if constexpr (kVec4) {
-        reinterpret_cast<float4*>(o)[u] = SiluMul4(reinterpret_cast<const float4*>(gate)[u],
-                                                   reinterpret_cast<const float4*>(up)[u]);
-      } else {
-        o[u] = SiluMulOne(gate[u], up[u]);
-      }
-    }
-  }
-}
-
 __device__ __forceinline__ float Bf16Lo(unsigned pair) {
   return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(pair & 0xffffu)));
 }
@@ -91,29 +69,42 @@ __device__ __forceinline__ unsigned SiluMulBf16Pair(unsigned g, unsigned u) {
   return Bf16Pair(SiluMulOne(Bf16Lo(g), Bf16Lo(u)), SiluMulOne(Bf16Hi(g), Bf16Hi(u)));
 }
 
-// As SiluMulPackedKernel with BF16 in and out (f32 arithmetic, one rounding of each output):
-// 8 elements (16 bytes) per thread on the vector path.
-template <bool kVec8>
+// One vector unit of a packed row (16 bytes: 4 floats or 8 BF16s), or one element, at index u.
+__device__ __forceinline__ void SiluMulUnit(const float* gate, const float* up, float* o, int64_t u,
+                                            bool vec) {
+  if (vec) {
+    reinterpret_cast<float4*>(o)[u] =
+        SiluMul4(reinterpret_cast<const float4*>(gate)[u], reinterpret_cast<const float4*>(up)[u]);
+  } else {
+    o[u] = SiluMulOne(gate[u], up[u]);
+  }
+}
+__device__ __forceinline__ void SiluMulUnit(const __nv_bfloat16* gate, const __nv_bfloat16* up,
+                                            __nv_bfloat16* o, int64_t u, bool vec) {
+  if (vec) {
+    const uint4 g = reinterpret_cast<const uint4*>(gate)[u];
+    const uint4 v = reinterpret_cast<const uint4*>(up)[u];
+    reinterpret_cast<uint4*>(o)[u] =
+        make_uint4(SiluMulBf16Pair(g.x, v.x), SiluMulBf16Pair(g.y, v.y), SiluMulBf16Pair(g.z, v.z),
+                   SiluMulBf16Pair(g.w, v.w));
+  } else {
+    o[u] = __float2bfloat16_rn(SiluMulOne(__bfloat162float(gate[u]), __bfloat162float(up[u])));
+  }
+}
+
+// T: float or __nv_bfloat16 (f32 arithmetic, each output rounded once).
+template <class T, bool kVec>
 __global__ void __launch_bounds__(kThreads)
-    SiluMulPackedBf16Kernel(const __nv_bfloat16* __restrict__ gate_up, int64_t rows, int64_t width,
-                            __nv_bfloat16* __restrict__ out) {
-  const int64_t units = kVec8 ? width / 8 : width;
+    SiluMulPackedKernel(const T* __restrict__ gate_up, int64_t rows, int64_t width,
+                        T* __restrict__ out) {
+  constexpr int64_t kPerUnit = kVec ? 16 / static_cast<int64_t>(sizeof(T)) : 1;
+  const int64_t units = width / kPerUnit;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const __nv_bfloat16* gate = gate_up + r * 2 * width;
-    const __nv_bfloat16* up = gate + width;
-    __nv_bfloat16* o = out + r * width;
+    const T* gate = gate_up + r * 2 * width;
     for (int64_t u = first; u < units; u += stride) {
-      if constexpr (kVec8) {
-        const uint4 g = reinterpret_cast<const uint4*>(gate)[u];
-        const uint4 v = reinterpret_cast<const uint4*>(up)[u];
-        reinterpret_cast<uint4*>(o)[u] =
-            make_uint4(SiluMulBf16Pair(g.x, v.x), SiluMulBf16Pair(g.y, v.y),
-                       SiluMulBf16Pair(g.z, v.z), SiluMulBf16Pair(g.w, v.w));
-      } else {
-        o[u] = __float2bfloat16_rn(SiluMulOne(__bfloat162float(gate[u]), __bfloat162float(up[u])));
-      }
+      SiluMulUnit(gate, gate + width, out + r * width, u, kVec);
     }
   }
 }
@@ -141,41 +132,40 @@ cudaError_t LaunchSiluMul(const float* gate, const float* up, int64_t count, flo
   return cudaGetLastError();
 }
 
-cudaError_t LaunchSiluMulPacked(const float* gate_up, int64_t rows, int64_t width, float* out,
-                                cudaStream_t stream) {
+namespace {
+
+// The packed launch for elements of type T: 16-byte units where every row start is aligned.
+template <class T>
+cudaError_t LaunchPacked(const T* gate_up, int64_t rows, int64_t width, T* out,
+                         cudaStream_t stream) {
   if (rows < 0 || width < 0) return cudaErrorInvalidValue;
   if (rows == 0 || width == 0) return cudaSuccess;
-  const bool vec4 = width % 4 == 0 && Aligned(gate_up) && Aligned(out);
-  const int64_t units = vec4 ? width / 4 : width;
+  constexpr int64_t kPerVector = 16 / static_cast<int64_t>(sizeof(T));
+  const bool vec = width % kPerVector == 0 && Aligned(gate_up) && Aligned(out);
+  const int64_t units = vec ? width / kPerVector : width;
   // Narrow rows get narrower blocks (a warp at least) so fewer threads idle.
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (units + 31) / 32 * 32));
   const dim3 grid(Blocks(units, threads, kMaxRowBlocks),
                   static_cast<unsigned>(std::min(kMaxRowBlocks, rows)));
-  if (vec4) {
-    SiluMulPackedKernel<true><<<grid, threads, 0, stream>>>(gate_up, rows, width, out);
+  if (vec) {
+    SiluMulPackedKernel<T, true><<<grid, threads, 0, stream>>>(gate_up, rows, width, out);
   } else {
-    SiluMulPackedKernel<false><<<grid, threads, 0, stream>>>(gate_up, rows, width, out);
+    SiluMulPackedKernel<T, false><<<grid, threads, 0, stream>>>(gate_up, rows, width, out);
   }
   return cudaGetLastError();
 }
 
+}  // namespace
+
+cudaError_t LaunchSiluMulPacked(const float* gate_up, int64_t rows, int64_t width, float* out,
+                                cudaStream_t stream) {
+  return LaunchPacked(gate_up, rows, width, out, stream);
+}
+
 cudaError_t LaunchSiluMulPackedBf16(const void* gate_up, int64_t rows, int64_t width, void* out,
                                     cudaStream_t stream) {
-  if (rows < 0 || width < 0) return cudaErrorInvalidValue;
-  if (rows == 0 || width == 0) return cudaSuccess;
-  const auto* in = static_cast<const __nv_bfloat16*>(gate_up);
-  auto* o = static_cast<__nv_bfloat16*>(out);
-  const bool vec8 = width % 8 == 0 && Aligned(gate_up) && Aligned(out);
-  const int64_t units = vec8 ? width / 8 : width;
-  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (units + 31) / 32 * 32));
-  const dim3 grid(Blocks(units, threads, kMaxRowBlocks),
-                  static_cast<unsigned>(std::min(kMaxRowBlocks, rows)));
-  if (vec8) {
-    SiluMulPackedBf16Kernel<true><<<grid, threads, 0, stream>>>(in, rows, width, o);
-  } else {
-    SiluMulPackedBf16Kernel<false><<<grid, threads, 0, stream>>>(in, rows, width, o);
-  }
-  return cudaGetLastError();
+  return LaunchPacked(static_cast<const __nv_bfloat16*>(gate_up), rows, width,
+                      static_cast<__nv_bfloat16*>(out), stream);
 }
 
 }  // namespace cmoe::kernels::cuda

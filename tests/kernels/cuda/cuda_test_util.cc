@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/half.h"
@@ -65,6 +66,25 @@ std::vector<float> RandomFloats(int64_t n, std::mt19937& rng, float lo, float hi
   std::vector<float> v(static_cast<size_t>(n));
   for (float& f : v) f = dist(rng);
   return v;
+}
+
+const Tolerance& GemmTolerance(DType dtype) {
+  switch (dtype) {
+    case DType::kF16:
+      return kF16Tolerance;
+    case DType::kBF16:
+      return kBf16Tolerance;
+    default:
+      return kF32Tolerance;
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CudaBackendWithEnvironment(const char* name,
+                                                                    const char* value) {
+  EXPECT_EQ(setenv(name, value, 1), 0) << name;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeCudaBackend({.device = 0});
+  unsetenv(name);
+  return backend;
 }
 
 double Nmse(std::span<const float> got, std::span<const float> want) {

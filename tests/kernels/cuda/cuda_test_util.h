@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/dtype.h"
@@ -215,6 +216,14 @@ inline constexpr Tolerance kF32Tolerance{.max_nmse = 1e-10, .atol = 1e-5, .rtol 
 inline constexpr Tolerance kBf16Tolerance{.max_nmse = 3e-5, .atol = 2e-2, .rtol = 2e-2};
 // Activations rounded to f16 (11 mantissa bits), f32 accumulation.
 inline constexpr Tolerance kF16Tolerance{.max_nmse = 2e-6, .atol = 5e-3, .rtol = 5e-3};
+
+// A matmul's bound by weight dtype where x is rounded to it (cuBLAS, the tensor-core kernels):
+// kF32Tolerance, kF16Tolerance or kBf16Tolerance.
+const Tolerance& GemmTolerance(DType dtype);
+
+// MakeCudaBackend({.device = 0}) with the environment variable `name` set to `value` for the call.
+absl::StatusOr<std::unique_ptr<Backend>> CudaBackendWithEnvironment(const char* name,
+                                                                    const char* value);
 
 double Nmse(std::span<const float> got, std::span<const float> want);
 

@@ -184,17 +184,6 @@ class FfnOperands {
   std::unique_ptr<GuardedDeviceArray<int32_t>> d_offsets_;
 };
 
-const Tolerance& GemmTolerance(DType dtype) {
-  switch (dtype) {
-    case DType::kF16:
-      return kF16Tolerance;
-    case DType::kBF16:
-      return kBf16Tolerance;
-    default:
-      return kF32Tolerance;
-  }
-}
-
 std::unique_ptr<Backend> MakeBackend(GroupedGemmPath grouped, FfnActivations activations) {
   absl::StatusOr<std::unique_ptr<Backend>> gpu =
       MakeCudaBackend({.device = 0, .grouped_gemm = grouped, .ffn_activations = activations});
@@ -276,9 +265,8 @@ TEST(CudaGatedFfn, GroupedOnTensorCoresMatchesReference) {
 
 TEST(CudaGatedFfn, BadFfnActivationsEnvironmentIsAnError) {
   CMOE_CUDA_BACKEND_OR_SKIP(any_gpu);
-  ASSERT_EQ(setenv("CMOE_CUDA_FFN_ACTIVATIONS", "fp8", 1), 0);
-  const absl::StatusOr<std::unique_ptr<Backend>> gpu = MakeCudaBackend({.device = 0});
-  unsetenv("CMOE_CUDA_FFN_ACTIVATIONS");
+  const absl::StatusOr<std::unique_ptr<Backend>> gpu =
+      CudaBackendWithEnvironment("CMOE_CUDA_FFN_ACTIVATIONS", "fp8");
   EXPECT_EQ(gpu.status().code(), absl::StatusCode::kInvalidArgument) << gpu.status();
   EXPECT_NE(gpu.status().message().find("CMOE_CUDA_FFN_ACTIVATIONS"), std::string::npos);
 }

@@ -375,11 +375,10 @@ TEST(CudaGraph, CancelledRecordingRunsNothingAndLeavesNoStaleUpload) {
 
 TEST(CudaGraph, GraphsFromTheEnvironment) {
   CMOE_CUDA_BACKEND_OR_SKIP(probe);
-  ASSERT_EQ(setenv("CMOE_CUDA_GRAPHS", "sometimes", 1), 0);
-  absl::StatusOr<std::unique_ptr<Backend>> bad = MakeCudaBackend({.device = 0});
-  ASSERT_EQ(setenv("CMOE_CUDA_GRAPHS", "off", 1), 0);
-  absl::StatusOr<std::unique_ptr<Backend>> off = MakeCudaBackend({.device = 0});
-  unsetenv("CMOE_CUDA_GRAPHS");
+  absl::StatusOr<std::unique_ptr<Backend>> bad =
+      CudaBackendWithEnvironment("CMOE_CUDA_GRAPHS", "sometimes");
+  absl::StatusOr<std::unique_ptr<Backend>> off =
+      CudaBackendWithEnvironment("CMOE_CUDA_GRAPHS", "off");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("CMOE_CUDA_GRAPHS=sometimes"), std::string::npos);
   ASSERT_TRUE(off.ok()) << off.status();

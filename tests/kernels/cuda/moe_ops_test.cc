@@ -498,17 +498,6 @@ struct GroupedCase {
   std::vector<int32_t> counts;  // rows per group; groups = counts.size()
 };
 
-const Tolerance& GemmTolerance(DType dtype) {
-  switch (dtype) {
-    case DType::kF16:
-      return kF16Tolerance;
-    case DType::kBF16:
-      return kBf16Tolerance;
-    default:
-      return kF32Tolerance;
-  }
-}
-
 void ExpectGroupedParity(Backend& gpu, const GroupedCase& c, DType dtype, bool with_row_index,
                          bool expect_gemv, std::mt19937& rng, int64_t weight_offset = 0) {
   const int32_t groups = static_cast<int32_t>(c.counts.size());
@@ -643,9 +632,8 @@ TEST(CudaGroupedMatMul, TensorCorePathMatchesReference) {
 
 TEST(CudaGroupedMatMul, BadGroupedGemmEnvironmentIsAnError) {
   CMOE_CUDA_BACKEND_OR_SKIP(any_gpu);
-  ASSERT_EQ(setenv("CMOE_CUDA_GROUPED_GEMM", "cutlass", 1), 0);
-  const absl::StatusOr<std::unique_ptr<Backend>> gpu = MakeCudaBackend({.device = 0});
-  unsetenv("CMOE_CUDA_GROUPED_GEMM");
+  const absl::StatusOr<std::unique_ptr<Backend>> gpu =
+      CudaBackendWithEnvironment("CMOE_CUDA_GROUPED_GEMM", "cutlass");
   EXPECT_EQ(gpu.status().code(), absl::StatusCode::kInvalidArgument) << gpu.status();
   EXPECT_NE(gpu.status().message().find("CMOE_CUDA_GROUPED_GEMM"), std::string::npos);
 }
