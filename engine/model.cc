@@ -260,9 +260,8 @@ absl::Status Model::AttentionBlock(int64_t layer, KvCache& cache) {
   float* k = k_.as<float>();
   float* v = v_.as<float>();
   CMOE_RETURN_IF_ERROR(b.RmsNorm(x, rows_, w.attn_norm, static_cast<float>(c.rms_norm_eps), h));
-  CMOE_RETURN_IF_ERROR(b.MatMul(h, rows_, w.wq, q, Accumulate::kNo));
-  CMOE_RETURN_IF_ERROR(b.MatMul(h, rows_, w.wk, k, Accumulate::kNo));
-  CMOE_RETURN_IF_ERROR(b.MatMul(h, rows_, w.wv, v, Accumulate::kNo));
+  const kernels::Backend::MatMulOutput qkv[] = {{w.wq, q}, {w.wk, k}, {w.wv, v}};
+  CMOE_RETURN_IF_ERROR(b.MatMuls(h, rows_, qkv));
   CMOE_RETURN_IF_ERROR(
       b.Rope(q, positions_, static_cast<int32_t>(c.num_attention_heads), hd, theta));
   CMOE_RETURN_IF_ERROR(

@@ -196,6 +196,14 @@ absl::Status GatedFfnByOps(Backend& b, const GatedFfnParams& p) {
       {.x = act, .num_rows = p.num_rows, .offsets = p.offsets, .w = p.down, .y = p.y});
 }
 
+absl::Status Backend::MatMuls(const float* x, int64_t num_rows,
+                              std::span<const MatMulOutput> outputs) {
+  for (const MatMulOutput& o : outputs) {
+    CMOE_RETURN_IF_ERROR(MatMul(x, num_rows, o.w, o.y, Accumulate::kNo));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Backend::GatedFfn(const GatedFfnParams& params) {
   return GatedFfnByOps(*this, params);
 }

@@ -124,6 +124,16 @@ class Backend {
   virtual absl::Status MatMul(const float* x, int64_t num_rows, const WeightView& w, float* y,
                               Accumulate accumulate) = 0;
 
+  // Several products of one input: outputs[i].y = x · outputs[i].w^T (the q, k and v projections
+  // of one normed input). The default calls MatMul for each; the CUDA backend rounds x to the
+  // weights' dtype once for all of them on its cuBLAS path. No y may overlap x.
+  struct MatMulOutput {
+    WeightView w;
+    float* y = nullptr;
+  };
+  virtual absl::Status MatMuls(const float* x, int64_t num_rows,
+                               std::span<const MatMulOutput> outputs);
+
   // out = silu(gate) * up elementwise over `count` floats; out may alias gate or up.
   virtual absl::Status SiluMul(const float* gate, const float* up, int64_t count, float* out) = 0;
 

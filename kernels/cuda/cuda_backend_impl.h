@@ -90,6 +90,8 @@ class CudaBackend final : public Backend {
   // cuda_backend_matmul.cc
   absl::Status MatMul(const float* x, int64_t num_rows, const WeightView& w, float* y,
                       Accumulate accumulate) override;
+  absl::Status MatMuls(const float* x, int64_t num_rows,
+                       std::span<const MatMulOutput> outputs) override;
   // cuda_backend_moe.cc
   absl::Status RouteTopK(const RouteTopKParams& params) override;
   absl::Status BuildDispatch(const DispatchParams& params) override;

@@ -60,4 +60,26 @@ absl::Status CudaBackend::MatMul(const float* x, int64_t num_rows, const WeightV
   return CublasRowsGemm(*this, {.x_f32 = x, .rows = num_rows, .w = w, .y = y, .accumulate = add});
 }
 
+absl::Status CudaBackend::MatMuls(const float* x, int64_t num_rows,
+                                  std::span<const MatMulOutput> outputs) {
+  CMOE_RETURN_IF_ERROR(Ready());
+  // One cast of x serves every output when all of them take cuBLAS with the same 16-bit weight
+  // dtype and width; anything else is MatMul output by output.
+  bool shared = num_rows > kGemvMaxRows && !outputs.empty();
+  for (const MatMulOutput& o : outputs) {
+    CMOE_RETURN_IF_ERROR(ValidateCudaMatMul(x, num_rows, o.w, o.y));
+    shared = shared && o.w.rows > 0 && o.w.cols == outputs[0].w.cols &&
+             o.w.dtype == outputs[0].w.dtype && o.w.dtype != DType::kF32 && o.w.cols > 0;
+  }
+  if (!shared) return Backend::MatMuls(x, num_rows, outputs);
+  const WeightView& first = outputs[0].w;
+  CMOE_ASSIGN_OR_RETURN(const void* cast,
+                        CublasInput(*this, x, num_rows * first.cols, first.dtype));
+  for (const MatMulOutput& o : outputs) {
+    CMOE_RETURN_IF_ERROR(
+        CublasRowsGemm(*this, {.x_cast = cast, .rows = num_rows, .w = o.w, .y = o.y}));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace cmoe::kernels::cuda

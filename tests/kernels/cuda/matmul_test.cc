@@ -9,6 +9,7 @@
 // - 9, 64 and 300 token rows (cuBLAS), every dtype, accumulate on and off.
 // - w.cols == 0 (y zeroed, or kept when accumulating), empty calls, bad shapes (InvalidArgument
 //   naming MatMul, nothing written), and the f32 -> f16 / bf16 cast bit for bit.
+// - MatMuls (one input, several weights) equal to MatMul output by output, bit for bit.
 //
 // Tolerances (per element |got - want| <= atol + rtol |want|, plus a normalised MSE bound):
 // - GEMV: x is read in f32, so the only error is f32 accumulation in another order (gemv.cu's
@@ -325,6 +326,61 @@ TEST(CudaMatMul, BadArgumentsAreInvalidArgumentAndWriteNothing) {
   }
   EXPECT_TRUE(AllSentinels(y.Download()));
   EXPECT_TRUE(gpu->Health().ok());
+}
+
+// MatMuls (the q, k, v projections of one input): bit for bit what MatMul gives output by output,
+// on the GEMV rows, on cuBLAS with one shared cast of x (three 16-bit weights of one width) and
+// where it falls back (F32 weights, mixed dtypes); a bad output fails the call before anything is
+// written.
+TEST(CudaMatMul, MatMulsEqualMatMulOneByOne) {
+  CMOE_CUDA_BACKEND_OR_SKIP(gpu);
+  std::mt19937 rng(10);
+  const int64_t in = 72;
+  const int64_t outs[] = {96, 24, 24};
+  const std::vector<DType> dtypes[] = {{DType::kBF16, DType::kBF16, DType::kBF16},
+                                       {DType::kF16, DType::kF16, DType::kF16},
+                                       {DType::kF32, DType::kF32, DType::kF32},
+                                       {DType::kBF16, DType::kF16, DType::kBF16}};
+  for (const std::vector<DType>& types : dtypes) {
+    Weights w[3];
+    for (int i = 0; i < 3; ++i) MakeWeights(*gpu, types[i], outs[i], in, 0, rng, &w[i]);
+    for (const int64_t rows : {1, 8, 9, 70}) {
+      SCOPED_TRACE(absl::StrCat("rows ", rows, " dtypes ", std::string(DTypeName(types[0])), ",",
+                                std::string(DTypeName(types[1]))));
+      const GuardedDeviceArray<float> x(*gpu, RandomFloats(rows * in, rng));
+      std::vector<std::unique_ptr<GuardedDeviceArray<float>>> one, many;
+      std::vector<Backend::MatMulOutput> outputs;
+      for (int i = 0; i < 3; ++i) {
+        one.push_back(std::make_unique<GuardedDeviceArray<float>>(*gpu, rows * outs[i]));
+        many.push_back(std::make_unique<GuardedDeviceArray<float>>(*gpu, rows * outs[i]));
+        CMOE_ASSERT_OK(
+            gpu->MatMul(x.data(), rows, w[i].device_view, one[i]->data(), Accumulate::kNo));
+        outputs.push_back({w[i].device_view, many[i]->data()});
+      }
+      CMOE_ASSERT_OK(gpu->MatMuls(x.data(), rows, outputs));
+      for (int i = 0; i < 3; ++i) {
+        const std::vector<float> got = many[i]->Download();
+        EXPECT_FALSE(std::any_of(got.begin(), got.end(), [](float v) { return IsSentinel(v); }));
+        EXPECT_EQ(got, one[i]->Download()) << "output " << i;
+      }
+    }
+  }
+  // The third output's weight has no data: InvalidArgument, the first two not written either.
+  Weights w[3];
+  for (int i = 0; i < 3; ++i) MakeWeights(*gpu, DType::kBF16, outs[i], in, 0, rng, &w[i]);
+  WeightView null_weight = w[2].device_view;
+  null_weight.data = nullptr;
+  const GuardedDeviceArray<float> x(*gpu, RandomFloats(20 * in, rng));
+  const GuardedDeviceArray<float> y0(*gpu, 20 * outs[0]);
+  const GuardedDeviceArray<float> y1(*gpu, 20 * outs[1]);
+  const GuardedDeviceArray<float> y2(*gpu, 20 * outs[2]);
+  const Backend::MatMulOutput bad[] = {
+      {w[0].device_view, y0.data()}, {w[1].device_view, y1.data()}, {null_weight, y2.data()}};
+  const absl::Status s = gpu->MatMuls(x.data(), 20, bad);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(AllSentinels(y0.Download()));
+  EXPECT_TRUE(AllSentinels(y1.Download()));
+  EXPECT_TRUE(AllSentinels(y2.Download()));
 }
 
 // LaunchCastFromF32 bit for bit against common/half.h (round to nearest even): ties, the largest
