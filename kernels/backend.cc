@@ -198,6 +198,9 @@ absl::Status GatedFfnByOps(Backend& b, const GatedFfnParams& p) {
 
 absl::Status Backend::MatMuls(const float* x, int64_t num_rows,
                               std::span<const MatMulOutput> outputs) {
+  for (const MatMulOutput& o : outputs) {  // every output checked before the first is written
+    CMOE_RETURN_IF_ERROR(ValidateMatMul(x, num_rows, o.w, o.y));
+  }
   for (const MatMulOutput& o : outputs) {
     CMOE_RETURN_IF_ERROR(MatMul(x, num_rows, o.w, o.y, Accumulate::kNo));
   }

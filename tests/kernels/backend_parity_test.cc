@@ -545,5 +545,39 @@ TEST(SimdLevelTest, ForcingAnUnsupportedLevelFails) {
   EXPECT_EQ(backend.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Backend::MatMuls (the default every host backend uses): each output equals its own MatMul bit
+// for bit, and a bad output is InvalidArgument before any output is written.
+TEST(MatMuls, EqualMatMulOneByOneAndCheckEveryOutputFirst) {
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const auto random = [&](int64_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& f : v) f = dist(rng);
+    return v;
+  };
+  const int64_t rows = 5, in = 40;
+  const std::vector<float> x = random(rows * in);
+  const std::vector<float> wq = random(64 * in), wk = random(16 * in);
+  const WeightView q{.data = wq.data(), .dtype = DType::kF32, .rows = 64, .cols = in};
+  const WeightView k{.data = wk.data(), .dtype = DType::kF32, .rows = 16, .cols = in};
+  auto fast = MakeCpuBackend({.threads = 2});
+  ASSERT_TRUE(fast.ok()) << fast.status();
+  std::unique_ptr<Backend> backends[] = {MakeReferenceBackend(), std::move(fast).value()};
+  for (const auto& b : backends) {
+    std::vector<float> q1(rows * 64), k1(rows * 16), q2(rows * 64, NAN), k2(rows * 16, NAN);
+    ASSERT_TRUE(b->MatMul(x.data(), rows, q, q1.data(), Accumulate::kNo).ok());
+    ASSERT_TRUE(b->MatMul(x.data(), rows, k, k1.data(), Accumulate::kNo).ok());
+    const Backend::MatMulOutput outputs[] = {{q, q2.data()}, {k, k2.data()}};
+    ASSERT_TRUE(b->MatMuls(x.data(), rows, outputs).ok());
+    EXPECT_EQ(q2, q1) << b->Name();
+    EXPECT_EQ(k2, k1) << b->Name();
+    std::vector<float> q3(rows * 64, NAN);
+    const Backend::MatMulOutput bad[] = {{q, q3.data()}, {k, nullptr}};
+    EXPECT_EQ(b->MatMuls(x.data(), rows, bad).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(std::all_of(q3.begin(), q3.end(), [](float v) { return std::isnan(v); }))
+        << b->Name() << ": the first output was written";
+  }
+}
+
 }  // namespace
 }  // namespace cmoe::kernels::cpu
