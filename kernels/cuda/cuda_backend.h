@@ -1,6 +1,6 @@
 // The CUDA backend: every op of kernels/backend.h on one NVIDIA GPU. Activations between ops are
 // f32 in device memory (inside GatedFfn's GEMM paths BF16, FfnActivations); weights are uploaded
-// once (UploadWeight) in their checkpoint dtype (BF16/F16/ F32) and read in it with f32
+// once (UploadWeight) in their checkpoint dtype (BF16/F16/F32) and read in it with f32
 // accumulation. Skinny matmuls (decode) run our own GEMV kernels that read each weight once; larger
 // ones cuBLAS (cublasGemmEx) with the activations rounded to the weight dtype. The MoE primitives
 // run on the device without host round trips in decode. Ops are queued on the backend's stream in
@@ -53,7 +53,7 @@ enum class PrefillAttention {
 enum class FfnActivations {
   kFromEnvironment,  // CMOE_CUDA_FFN_ACTIVATIONS: "bf16" (also when unset) or "f32"
   kBf16,             // cuBLAS / the tensor-core kernel write BF16, SiLU reads and writes BF16,
-                     // the down projection reads it as it is: a third of the bytes of f32
+                     // the down projection reads it as it is: 12 bytes per row and neuron, not 28
   kF32,              // GatedFfnByOps: f32 gate/up and activations, rounded before the down GEMM
 };
 
